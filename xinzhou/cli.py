@@ -11,11 +11,13 @@ import sys
 # command name -> module; modules are imported only when their command runs (keeps `--help` fast).
 COMMANDS: dict[str, str] = {
     "info": "xinzhou.commands.info",
+    "verify": "xinzhou.commands.verify",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xinzhou", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="xinzhou", description="xinzhou (心舟): MiniMax-style hybrid lightning-attention MoE models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
         mod = importlib.import_module(module)

@@ -122,6 +122,8 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- weights
+# transformers stores these decay tables as buffers; xinzhou derives them in fp32 from the config instead
+_DERIVED = re.compile(r"\.self_attn\.(slope_rate|query_decay|key_decay|diagonal_decay)$")
 _EXPERT = re.compile(r"^layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$")
 
 
@@ -138,6 +140,8 @@ def hf_to_state_dict(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict
     experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
     for name, t in tensors.items():
         key = _canonical(name)
+        if _DERIVED.search(key):
+            continue
         m = _EXPERT.match(key)
         if m:
             experts.setdefault((int(m[1]), m[3]), {})[int(m[2])] = t

@@ -1,0 +1,1 @@
+"""One module per `xinzhou` command, each with ``setup(parser)`` and ``main(args)``."""
