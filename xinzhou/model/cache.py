@@ -11,9 +11,33 @@ Letters: B batch, T time, G key/value heads, K head dim, H heads.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from xinzhou.configs.model import LINEAR, ModelConfig
+
+
+class CacheLike(Protocol):
+    """What the model needs from a cache. :class:`HybridCache` holds a batch of equally long sequences; the
+    engine's cache manager implements the same protocol over slots of different lengths (ragged decode)."""
+
+    def positions(self, num_tokens: int, device: torch.device) -> torch.Tensor:
+        """``[B, T]`` RoPE positions of the next ``num_tokens`` tokens of every row."""
+
+    def get_state(self, layer: int) -> torch.Tensor | None:
+        """``[B, H, K, V]`` fp32 lightning state of a lightning layer (None before the first token)."""
+
+    def set_state(self, layer: int, state_BHKV: torch.Tensor) -> None: ...
+
+    def append_kv(
+        self, layer: int, k_BTGK: torch.Tensor, v_BTGK: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Store new keys/values; return all keys/values ``[B, Tk, G, K]`` and per-row valid lengths ``[B]``
+        (None when every row is full, i.e. no right padding)."""
+
+    def advance(self, num_tokens: int) -> None:
+        """Called once per forward, after all layers, to commit ``num_tokens`` new positions."""
 
 
 class HybridCache:
@@ -27,9 +51,12 @@ class HybridCache:
         self._state: dict[int, torch.Tensor] = {}
         self._k: dict[int, torch.Tensor] = {}
         self._v: dict[int, torch.Tensor] = {}
-        self._pending = 0  # tokens appended in the forward under way (committed by `advance`)
 
     # lightning layers -------------------------------------------------------------------------------
+    def positions(self, num_tokens: int, device: torch.device) -> torch.Tensor:
+        pos = torch.arange(self.seq_len, self.seq_len + num_tokens, device=device)
+        return pos[None].expand(self.batch_size, num_tokens)
+
     def get_state(self, layer: int) -> torch.Tensor | None:
         return self._state.get(layer)
 
@@ -38,8 +65,8 @@ class HybridCache:
         self._state[layer] = state_BHKV
 
     # softmax layers ---------------------------------------------------------------------------------
-    def append_kv(self, layer: int, k_BTGK: torch.Tensor, v_BTGK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append new keys/values after ``seq_len`` and return all keys/values so far (views)."""
+    def append_kv(self, layer: int, k_BTGK: torch.Tensor, v_BTGK: torch.Tensor):
+        """Append new keys/values after ``seq_len`` and return all keys/values so far (views), no padding."""
         T = k_BTGK.shape[1]
         end = self.seq_len + T
         buf_k = self._k.get(layer)
@@ -53,13 +80,11 @@ class HybridCache:
             self._k[layer], self._v[layer] = new_k, new_v
         self._k[layer][:, self.seq_len : end] = k_BTGK
         self._v[layer][:, self.seq_len : end] = v_BTGK
-        self._pending = T
-        return self._k[layer][:, :end], self._v[layer][:, :end]
+        return self._k[layer][:, :end], self._v[layer][:, :end], None
 
     def advance(self, num_tokens: int) -> None:
         """Commit ``num_tokens`` new positions (the model calls this after each forward)."""
         self.seq_len += num_tokens
-        self._pending = 0
 
     # accounting -------------------------------------------------------------------------------------
     def nbytes(self) -> dict[str, int]:

@@ -132,9 +132,10 @@ class SoftmaxAttention(nn.Module):
         cos, sin = rope_cos_sin(positions, self.rotary_dim, self.theta)
         q_BTHK, k_BTGK = apply_partial_rope(q_BTHK, cos, sin), apply_partial_rope(k_BTGK, cos, sin)
         v_BTGK = v.view(B, T, self.G, self.K)
+        kv_lengths = None
         if cache is not None:
-            k_BTGK, v_BTGK = cache.append_kv(self.layer_idx, k_BTGK, v_BTGK)
-        o_BTHK = attention(q_BTHK, k_BTGK, v_BTGK, causal=True, cu_seqlens=cu_seqlens)
+            k_BTGK, v_BTGK, kv_lengths = cache.append_kv(self.layer_idx, k_BTGK, v_BTGK)
+        o_BTHK = attention(q_BTHK, k_BTGK, v_BTGK, causal=True, cu_seqlens=cu_seqlens, kv_lengths=kv_lengths)
         return self.o_proj(o_BTHK.reshape(B, T, self.H * self.K))
 
 

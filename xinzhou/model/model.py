@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from xinzhou.configs.model import LINEAR, ModelConfig
-from xinzhou.model.cache import HybridCache
+from xinzhou.model.cache import CacheLike, HybridCache
 from xinzhou.model.layers import DecoderLayer, MoE, RMSNorm
 
 
@@ -30,7 +30,7 @@ class ModelOutput:
     aux_loss: torch.Tensor
     expert_counts: torch.Tensor
     loss: torch.Tensor | None = None
-    cache: HybridCache | None = None
+    cache: CacheLike | None = None
 
 
 def positions_from_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:
@@ -77,7 +77,7 @@ class Model(nn.Module):
         self,
         input_ids: torch.Tensor,
         *,
-        cache: HybridCache | None = None,
+        cache: CacheLike | None = None,
         position_ids: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
@@ -86,8 +86,8 @@ class Model(nn.Module):
 
         Args:
             input_ids: ``[B, T]`` token ids in ``[0, vocab_size)``.
-            cache: a :class:`HybridCache` to continue from and update (inference); positions then start at
-                ``cache.seq_len``.
+            cache: a :class:`HybridCache` (or any :class:`CacheLike`) to continue from and update (inference);
+                positions then come from ``cache.positions``.
             position_ids: ``[B, T]`` RoPE positions (default: ``arange``, restarting per packed sequence).
             cu_seqlens: ``[N+1]`` offsets of packed documents in a ``[1, T]`` row: lightning state resets and
                 softmax attention is masked at every document start.
@@ -99,9 +99,10 @@ class Model(nn.Module):
         if position_ids is None:
             if cu_seqlens is not None:
                 position_ids = positions_from_cu_seqlens(cu_seqlens.to(input_ids.device), T)
+            elif cache is not None:
+                position_ids = cache.positions(T, input_ids.device)
             else:
-                start = cache.seq_len if cache is not None else 0
-                position_ids = torch.arange(start, start + T, device=input_ids.device)[None].expand(B, T)
+                position_ids = torch.arange(T, device=input_ids.device)[None].expand(B, T)
         h = self.embed_tokens(input_ids)
         auxes, counts = [], []
         for layer in self.layers:
