@@ -1,0 +1,1 @@
+"""Parsers of model output, one module per wire format; all stream and share the events in `events.py`."""
