@@ -19,7 +19,11 @@ import torch.nn.functional as F
 
 from xinzhou.ops.lightning.common import check_inputs, state_dtype
 
-DEFAULT_BLOCK = 64
+
+
+def default_block(head_dim: int) -> int:
+    """Block size where the intra-block left product (∝ C) costs about what the state products (∝ K) cost."""
+    return max(64, min(256, head_dim))
 
 
 def _chunk_core(
@@ -28,8 +32,15 @@ def _chunk_core(
     v_BHMCV: torch.Tensor,
     g_GHMC: torch.Tensor,
     s0_BHKV: torch.Tensor | None,
+    last_len: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blocked lightning attention on block-shaped inputs; ``g`` broadcasts over batch (G = 1 or B)."""
+    """Blocked lightning attention on block-shaped inputs.
+
+    ``g`` broadcasts over batch and blocks (``[1 or B, H, 1 or M, C]``): with a uniform decay one ``[H, C, C]``
+    mask serves every block. ``last_len`` (uniform decay only) is the number of real tokens in the last block
+    when T is not a multiple of C: its zero padding is harmless for the outputs, and the final state is
+    re-derived for the true end of the sequence.
+    """
     B, H, M, C, K = q_BHMCK.shape
     V = v_BHMCV.shape[-1]
     G_GHMC = g_GHMC.cumsum(-1)  # inclusive: log λ^{c+1} within the block for uniform decay
@@ -38,21 +49,31 @@ def _chunk_core(
     diff_GHMCC = G_GHMC[..., :, None] - G_GHMC[..., None, :]
     causal_CC = torch.ones(C, C, dtype=torch.bool, device=q_BHMCK.device).tril()
     decay_GHMCC = diff_GHMCC.masked_fill(~causal_CC, float("-inf")).exp()
-    scores_BHMCC = (q_BHMCK @ k_BHMCK.transpose(-1, -2)) * decay_GHMCC
-    o_BHMCV = scores_BHMCC @ v_BHMCV
+    # 3-D bmm on [B·H·M, C, *] views: BLAS reads the transposed operands in place (5-D matmul would copy them)
+    q_NCK, k_NCK, v_NCV = (t.reshape(-1, C, t.shape[-1]) for t in (q_BHMCK, k_BHMCK, v_BHMCV))
+    scores_BHMCC = torch.bmm(q_NCK, k_NCK.transpose(1, 2)).view(B, H, M, C, C) * decay_GHMCC
+    o_BHMCV = torch.bmm(scores_BHMCC.view(-1, C, C), v_NCV).view(B, H, M, C, V)
     # each block's own contribution to the state at its end: Σ_j λ^{C-1-j} k_jᵀ v_j
     k_decay_GHMC1 = (G_last_GHM1 - G_GHMC).exp()[..., None]
-    kv_BHMKV = (k_BHMCK * k_decay_GHMC1).transpose(-1, -2) @ v_BHMCV
+    kd_NCK = (k_BHMCK * k_decay_GHMC1).reshape(-1, C, K)
+    kv_BHMKV = torch.bmm(kd_NCK.transpose(1, 2), v_NCV).view(B, H, M, K, V)
     block_decay_GHM11 = G_last_GHM1.exp()[..., None]
     # state before each block: a short sequential scan over blocks
     s_BHKV = s0_BHKV if s0_BHKV is not None else q_BHMCK.new_zeros(B, H, K, V)
     before = []
     for m in range(M):
         before.append(s_BHKV)
-        s_BHKV = block_decay_GHM11[:, :, m] * s_BHKV + kv_BHMKV[:, :, m]
+        if m < M - 1 or last_len is None:
+            s_BHKV = block_decay_GHM11[:, :, m if g_GHMC.shape[2] > 1 else 0] * s_BHKV + kv_BHMKV[:, :, m]
     s_before_BHMKV = torch.stack(before, dim=2)
     q_decay_GHMC1 = G_GHMC.exp()[..., None]
-    o_BHMCV = o_BHMCV + (q_BHMCK * q_decay_GHMC1) @ s_before_BHMKV
+    qd_NCK = (q_BHMCK * q_decay_GHMC1).reshape(-1, C, K)
+    o_BHMCV = o_BHMCV + torch.bmm(qd_NCK, s_before_BHMKV.view(-1, K, V)).view(B, H, M, C, V)
+    if last_len is not None:  # state after the last real token of a partial last block
+        G_last = G_GHMC[:, :, -1, last_len - 1 : last_len]  # [G, H, 1]
+        k_decay_GHC1 = (G_last - G_GHMC[:, :, -1, :last_len]).exp()[..., None]
+        kv_BHKV = (k_BHMCK[:, :, -1, :last_len] * k_decay_GHC1).transpose(-1, -2) @ v_BHMCV[:, :, -1, :last_len]
+        s_BHKV = G_last.exp()[..., None] * s_BHKV + kv_BHKV
     return o_BHMCV, s_BHKV
 
 
@@ -69,9 +90,10 @@ def _dense(q, k, v, slope_H, s0, C, dt):
     """Equal-length batch [B, T, H, *]; returns (o [B, T, H, V], final state)."""
     B, T, H, _ = q.shape
     M = -(-T // C)
-    g_1HT = (-slope_H)[None, :, None].expand(1, H, T)
-    g_1HMC = F.pad(g_1HT, (0, M * C - T)).reshape(1, H, M, C)  # padding: log-decay 0 (no decay)
-    o, s = _chunk_core(_to_blocks(q.to(dt), C), _to_blocks(k.to(dt), C), _to_blocks(v.to(dt), C), g_1HMC, s0)
+    g_1H1C = (-slope_H)[None, :, None, None].expand(1, H, 1, C)  # the same decay in every block
+    last_len = T - (M - 1) * C
+    o, s = _chunk_core(_to_blocks(q.to(dt), C), _to_blocks(k.to(dt), C), _to_blocks(v.to(dt), C), g_1H1C, s0,
+                       last_len if last_len < C else None)
     o_BTHV = o.reshape(B, H, M * C, -1)[:, :, :T].transpose(1, 2)
     return o_BTHV, s
 
@@ -111,7 +133,7 @@ def lightning_attn_chunk(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
-    block_size: int = DEFAULT_BLOCK,
+    block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked lightning attention; same contract as :func:`xinzhou.ops.lightning_attn`.
 
@@ -119,12 +141,14 @@ def lightning_attn_chunk(
         q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; slope: ``[H]`` (decay ``exp(-slope)``).
         initial_state: ``[B, H, K, V]`` (``[N, H, K, V]`` with ``cu_seqlens``) or None.
         cu_seqlens: ``[N+1]`` offsets of packed sequences (B must be 1); the state resets at each start.
-        block_size: tokens per block; changes speed and rounding, never the result.
+        block_size: tokens per block (default :func:`default_block`); changes speed and rounding, never the
+            result.
 
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state [B or N, H, K, V] fp32 or None)``.
     """
     check_inputs(q, k, v, slope, initial_state, cu_seqlens)
+    block_size = default_block(q.shape[-1]) if block_size is None else block_size
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     dt = state_dtype(q.dtype)
