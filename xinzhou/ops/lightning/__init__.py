@@ -9,8 +9,8 @@ One entry point, :func:`lightning_attn`, over several implementations that compu
 ``triton``     GPU kernels (when available)
 =============  =====================================================================================
 
-``impl="auto"`` picks ``recurrent`` for T ≤ 4 with a carried state, ``triton`` on CUDA when it is importable,
-and ``chunk`` otherwise. The environment variable ``XINZHOU_LIGHTNING_IMPL`` overrides the choice, so a test or a
+``impl="auto"`` picks ``triton`` on CUDA when it is importable (fp16/bf16/fp32, head dim ≤ 256), ``recurrent``
+for T ≤ 4 with a carried state, and ``chunk`` otherwise. The environment variable ``XINZHOU_LIGHTNING_IMPL`` overrides the choice, so a test or a
 bug report can force a path. See README.md beside this file for the math.
 """
 
@@ -42,7 +42,8 @@ def resolve_impl(impl: str, q: torch.Tensor, has_state: bool) -> str:
         raise ValueError(f"unknown lightning impl {impl!r}; valid options: {', '.join(IMPLS)} (also via ${ENV_VAR})")
     if impl != "auto":
         return impl
-    if q.is_cuda and importlib.util.find_spec("triton") is not None and _has_triton_module():
+    if (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32) and q.shape[-1] <= 256
+            and importlib.util.find_spec("triton") is not None and _has_triton_module()):
         return "triton"
     if has_state and q.shape[1] <= 4:
         return "recurrent"
