@@ -16,8 +16,14 @@ def attention_sdpa(q, k, v, *, causal=True, cu_seqlens=None, kv_lengths=None, sc
     Tk, G = k.shape[1], k.shape[2]
     q_BHTD, k_BGTD, v_BGTD = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = G != H
-    if causal and cu_seqlens is None and kv_lengths is None and Tq == Tk:
-        o = F.scaled_dot_product_attention(q_BHTD, k_BGTD, v_BGTD, is_causal=True, scale=scale, enable_gqa=gqa)
+    if causal and kv_lengths is None and Tq == Tk:
+        if cu_seqlens is None:
+            o = F.scaled_dot_product_attention(q_BHTD, k_BGTD, v_BGTD, is_causal=True, scale=scale, enable_gqa=gqa)
+        else:  # packed documents: one causal call per document costs Σ L² instead of a dense T² mask
+            bounds = cu_seqlens.tolist()
+            o = torch.cat([F.scaled_dot_product_attention(q_BHTD[:, :, a:b], k_BGTD[:, :, a:b], v_BGTD[:, :, a:b],
+                                                          is_causal=True, scale=scale, enable_gqa=gqa)
+                           for a, b in zip(bounds, bounds[1:]) if b > a] or [q_BHTD[:, :, :0]], dim=2)
     else:
         mask = build_mask(Tq, Tk, causal=causal, cu_seqlens=cu_seqlens, kv_lengths=kv_lengths, device=q.device)
         o = F.scaled_dot_product_attention(q_BHTD, k_BGTD, v_BGTD, attn_mask=mask, scale=scale, enable_gqa=gqa)
