@@ -11,7 +11,14 @@ import sys
 # command name -> module; modules are imported only when their command runs (keeps `--help` fast).
 COMMANDS: dict[str, str] = {
     "info": "xinzhou.commands.info",
+    "generate": "xinzhou.commands.generate",
     "verify": "xinzhou.commands.verify",
+    "demo": "xinzhou.commands.demo",
+    "pretrain": "xinzhou.commands.pretrain",
+    "sft": "xinzhou.commands.sft",
+    "serve": "xinzhou.commands.serve",
+    "chat": "xinzhou.commands.chat",
+    "rl": "xinzhou.commands.rl",
 }
 
 

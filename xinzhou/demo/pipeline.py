@@ -1,0 +1,246 @@
+"""`xinzhou demo`: the whole MiniMax stack on a laptop, as a resumable sequence of stages.
+
+tokenizer → SFT data (calculator traces that think, call, read, think again, answer) → a fresh hybrid
+lightning-attention MoE model → SFT → held-out eval → CISPO RL with the real calculator in the rollouts →
+held-out eval (+ the interleaved-thinking ablation) → Hugging Face export → report.
+
+Each finished stage writes ``OUT/stages/<stage>.json`` (its results and wall time) atomically; a rerun skips
+finished stages, and the SFT and RL stages resume from their own checkpoints, so Ctrl-C loses at most the work
+since the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from xinzhou.demo.presets import DemoPreset
+
+STAGES = ("tokenizer", "data", "init", "sft", "eval_sft", "rl", "eval_rl", "export", "report")
+EVAL_SEED_START = 1_000_000  # held-out problems; SFT data uses seeds below 100_000, RL 100_000..900_000
+
+
+@dataclass
+class Context:
+    out: Path
+    preset: DemoPreset
+    console: Console
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def stage_tokenizer(ctx: Context) -> dict[str, Any]:
+    from xinzhou.chat import render
+    from xinzhou.data.corpus import default_corpus
+    from xinzhou.data.tokenizer import train_tokenizer
+    from xinzhou.tasks import get_task
+
+    task = get_task(ctx.preset.task)
+    traces = []
+    for i in range(400):
+        rec = task.sft_record(task.generate(90_000 + i, ctx.preset.train_difficulties[i % len(ctx.preset.train_difficulties)]))
+        traces.append(render(rec["messages"], rec.get("tools")))
+    tok = train_tokenizer(traces + default_corpus()[:400], ctx.preset.vocab_size)
+    tok.save(ctx.path("tokenizer"))
+    return {"vocab_size": tok.vocab_size, "tokens_per_trace": round(sum(len(tok.encode(t)) for t in traces[:50]) / 50)}
+
+
+def stage_data(ctx: Context) -> dict[str, Any]:
+    from xinzhou.tasks import get_task
+
+    task, p = get_task(ctx.preset.task), ctx.preset
+    path = ctx.path("data", "sft.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    calls = 0
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sft.jsonl.")
+    with os.fdopen(fd, "w") as f:
+        for i in range(p.sft_examples):
+            rec = task.sft_record(task.generate(i, p.train_difficulties[i % len(p.train_difficulties)]))
+            calls += sum(len(m.get("tool_calls") or []) for m in rec["messages"] if m.get("role") == "assistant")
+            f.write(json.dumps(rec) + "\n")
+    os.replace(tmp, path)
+    return {"examples": p.sft_examples, "path": str(path), "tool_calls_per_example": calls / max(p.sft_examples, 1)}
+
+
+def stage_init(ctx: Context) -> dict[str, Any]:
+    from xinzhou.chat import save_chat_template
+    from xinzhou.configs.model import ModelConfig
+    from xinzhou.data.tokenizer import Tokenizer
+    from xinzhou.model.model import Model
+
+    tok = Tokenizer.from_dir(ctx.path("tokenizer"))
+    cfg = ModelConfig(**{**ctx.preset.model, "vocab_size": tok.vocab_size, "eos_token_id": tok.eos_id,
+                         "bos_token_id": tok.bos_id, "pad_token_id": tok.pad_id}, name=f"demo-{ctx.preset.name}")
+    model = Model(cfg)
+    model.reset_parameters(seed=ctx.preset.seed)
+    out = ctx.path("init")
+    import warnings
+
+    with warnings.catch_warnings():  # partial rotary: transformers would rotate the whole head (documented)
+        warnings.simplefilter("ignore")
+        model.save_pretrained(out)
+    tok.save(out)
+    save_chat_template(out)
+    total, active = model.count_parameters()
+    pattern = "".join("L" if t == "linear_attention" else "S" for t in cfg.layer_types)
+    return {"params_total": total, "params_active": active, "pattern": pattern, "experts": cfg.num_experts,
+            "top_k": cfg.num_experts_per_tok}
+
+
+def _resume_flags(run_dir: Path) -> dict[str, bool]:
+    has_ckpt = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    return {"resume": True} if has_ckpt else {"overwrite": True}
+
+
+def stage_sft(ctx: Context) -> dict[str, Any]:
+    from xinzhou.configs.train import TrainConfig
+    from xinzhou.train.sft import sft
+
+    p = ctx.preset
+    cfg = TrainConfig(task="sft", recipe="demo", out_dir=str(ctx.path("sft")), init_from=str(ctx.path("init")),
+                      data=str(ctx.path("data", "sft.jsonl")), seq_len=p.sft_seq_len, batch_size=p.sft_batch,
+                      micro_batch_size=p.sft_batch, max_steps=p.sft_steps, lr=p.sft_lr,
+                      warmup_steps=max(1, p.sft_steps // 12), weight_decay=0.0, truncate=True,
+                      eval_every=max(1, p.sft_steps // 4), save_every=max(1, p.sft_steps // 4), keep_last=1,
+                      eval_tokens=8 * p.sft_seq_len, seed=p.seed, **_resume_flags(ctx.path("sft")))
+    cfg.validate()
+    res = sft(cfg)
+    return {"steps": res.steps, "final_eval_loss": res.final_eval_loss, "baseline": res.baseline,
+            "export": str(res.export_dir), "resumed_from": res.resumed_from}
+
+
+def _evaluate(ctx: Context, model_dir: Path, difficulties: tuple[int, ...], keep: str = "chain") -> dict[str, Any]:
+    from xinzhou.engine import LLM
+    from xinzhou.rl.evaluate import evaluate
+
+    llm = LLM(str(model_dir))
+    out = {}
+    for d in difficulties:
+        r = evaluate(llm, ctx.preset.task, ctx.preset.eval_n, d, keep=keep, start_seed=EVAL_SEED_START,
+                     max_tokens=ctx.preset.max_tokens, max_turn_tokens=ctx.preset.max_turn_tokens)
+        out[str(d)] = r.to_dict()
+        ctx.console.print(f"    difficulty {d} (keep={keep}): {r}")
+    return out
+
+
+def stage_eval_sft(ctx: Context) -> dict[str, Any]:
+    return {"chain": _evaluate(ctx, Path(ctx.results["sft"]["export"]), ctx.preset.eval_difficulties)}
+
+
+def stage_rl(ctx: Context) -> dict[str, Any]:
+    from xinzhou.configs.rl import RLConfig
+    from xinzhou.rl.loop import train_rl
+
+    p = ctx.preset
+    cfg = RLConfig(recipe="demo", out_dir=str(ctx.path("rl")), model=ctx.results["sft"]["export"], task=p.task,
+                   difficulty=max(p.train_difficulties), objective="cispo", group_size=p.rl_group,
+                   prompts_per_batch=p.rl_prompts, minibatches=p.rl_minibatches, max_steps=p.rl_steps, lr=p.rl_lr,
+                   max_tokens=p.max_tokens, max_turn_tokens=p.max_turn_tokens, eval_every=0,
+                   eval_n=max(2, p.eval_n // 4), seed=p.seed, **_resume_flags(ctx.path("rl")))
+    cfg.validate()
+    res = train_rl(cfg)
+    return {"steps": res.steps, "seconds_per_step": res.seconds_per_step, "export": str(res.export_dir),
+            "evals": res.evals, "history": [{k: h.get(k) for k in ("step", "reward", "success", "clip_frac",
+                                                                     "is_weight", "prob_corr") if k in h}
+                                            for h in res.history]}
+
+
+def stage_eval_rl(ctx: Context) -> dict[str, Any]:
+    model_dir = Path(ctx.results["rl"]["export"])
+    main = str(max(ctx.preset.train_difficulties))
+    chain = _evaluate(ctx, model_dir, ctx.preset.eval_difficulties, keep="chain")
+    none = _evaluate(ctx, model_dir, (int(main),), keep="none")
+    return {"chain": chain, "none": none, "main_difficulty": main, "transcript": _transcript(ctx, model_dir)}
+
+
+def _transcript(ctx: Context, model_dir: Path) -> list[dict[str, Any]]:
+    from xinzhou.chat import messages_to_dicts
+    from xinzhou.engine import LLM, SamplingParams
+    from xinzhou.rl.rollout_engine import env_factory, run_episodes
+
+    llm = LLM(str(model_dir))
+    env = env_factory(ctx.preset.task, max(ctx.preset.train_difficulties))()
+    traj = run_episodes(llm, [env], [EVAL_SEED_START], SamplingParams(temperature=0.0),
+                        max_tokens=ctx.preset.max_tokens, max_turn_tokens=ctx.preset.max_turn_tokens)[0]
+    msgs = traj.info.get("messages") or []
+    return messages_to_dicts(msgs) if msgs and not isinstance(msgs[0], dict) else list(msgs)
+
+
+def stage_export(ctx: Context) -> dict[str, Any]:
+    src, dst = Path(ctx.results["rl"]["export"]), ctx.path("model")
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=ctx.out))
+    shutil.copytree(src, tmp, dirs_exist_ok=True)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return {"path": str(dst), "files": sorted(p.name for p in dst.iterdir())}
+
+
+def stage_report(ctx: Context) -> dict[str, Any]:
+    from xinzhou.demo.report import write_report
+
+    return {"path": str(write_report(ctx))}
+
+
+STAGE_FNS: dict[str, Callable[[Context], dict[str, Any]]] = {name: globals()[f"stage_{name}"] for name in STAGES}
+
+
+def run_demo(out: str | os.PathLike, preset: DemoPreset, *, console: Console | None = None,
+             stop_after: str | None = None) -> dict[str, dict[str, Any]]:
+    """Run (or resume) every stage in ``out``; returns each stage's results."""
+    console = console or Console()
+    ctx = Context(Path(out), preset, console)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    meta = ctx.path("stages", "preset.json")
+    if meta.exists() and json.loads(meta.read_text()) != json.loads(json.dumps(asdict(preset))):
+        raise ValueError(f"{ctx.out} holds a demo run with another preset; use a new --out or delete it")
+    write_json_atomic(meta, asdict(preset))
+    for i, name in enumerate(STAGES, 1):
+        marker = ctx.path("stages", f"{name}.json")
+        if marker.exists():
+            ctx.results[name] = json.loads(marker.read_text())
+            console.print(f"[dim][{i}/{len(STAGES)}] {name}: done earlier ({ctx.results[name]['seconds']:.0f}s)[/]")
+            continue
+        console.print(f"[bold][{i}/{len(STAGES)}] {name}[/] …")
+        t0 = time.perf_counter()
+        res = STAGE_FNS[name](ctx)
+        res["seconds"] = time.perf_counter() - t0
+        ctx.results[name] = res
+        write_json_atomic(marker, res)
+        console.print(f"[green][{i}/{len(STAGES)}] {name}: done in {res['seconds']:.0f}s[/] {_summary(name, res)}")
+        if name == stop_after:
+            break
+    return ctx.results
+
+
+def _summary(name: str, res: dict[str, Any]) -> str:
+    if name == "init":
+        return f"{res['params_total'] / 1e6:.2f}M params ({res['params_active'] / 1e6:.2f}M active), {res['pattern']}"
+    if name == "sft":
+        return f"eval loss {res['final_eval_loss']:.3f} (unigram {res['baseline']:.3f})" if res.get(
+            "final_eval_loss") is not None else ""
+    if name in ("eval_sft", "eval_rl"):
+        return ", ".join(f"d{d}: {r['success']:.0%}" for d, r in res["chain"].items())
+    if name == "rl":
+        return f"{res['steps']} steps, {res['seconds_per_step']:.1f}s/step"
+    return ""
