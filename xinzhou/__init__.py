@@ -4,7 +4,7 @@ The top-level names are imported lazily, so ``import xinzhou.chat`` (pure Python
 
 Public API::
 
-    from xinzhou import ModelConfig, get_config, Model, from_pretrained
+    from xinzhou import ModelConfig, get_config, Model, from_pretrained, LLM, SamplingParams
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ _LAZY = {
     "ModelOutput": "xinzhou.model.model",
     "HybridCache": "xinzhou.model.cache",
     "from_pretrained": "xinzhou.model.hf",
+    "LLM": "xinzhou.engine.llm",
+    "SamplingParams": "xinzhou.engine.params",
+    "EngineConfig": "xinzhou.engine.params",
+    "RequestOutput": "xinzhou.engine.sequence",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
