@@ -1,13 +1,19 @@
-"""xinzhou.rl: reinforcement learning with verifiable rewards (CISPO and its peers), engine- and trainer-agnostic.
+"""xinzhou.rl: reinforcement learning with verifiable rewards (CISPO and its peers).
 
-The pieces, each pure and tested on its own: objectives by name (`objectives.py`), aggregation weights
+The pure pieces, each tested on its own: objectives by name (`objectives.py`), aggregation weights
 (`aggregation.py`), `policy_loss` with per-step metrics and the NaN guard (`loss.py`), advantages and sampling
 filters (`advantages.py`), fp32 logprobs and the rollout-vs-trainer check (`logprobs.py`), the rollout batch
 (`rollout.py`), the episode environment over bundled tasks (`env.py`), and the fork-token bandit (`bandit.py`).
-See README.md in this folder.
+On top, imported lazily (they pull in the engine and the trainer): multi-turn rollouts on the engine
+(`rollout_engine.py`: `collect`, `collect_trajectories`, `run_episodes`), held-out evaluation (`evaluate.py`:
+`evaluate`, `EvalResult`, `wilson_interval`), and the loop (`loop.py`: `train_rl`, `RLResult`). See README.md.
 
-    from xinzhou.rl import policy_loss, group_advantages, RolloutBatch, TaskEnv
+    from xinzhou.rl import policy_loss, group_advantages, RolloutBatch, TaskEnv, train_rl
+    from xinzhou.rl.evaluate import evaluate      # the module shares the function's name
 """
+
+import importlib
+from typing import Any
 
 from xinzhou.rl.advantages import (
     dynamic_sampling,
@@ -46,7 +52,21 @@ from xinzhou.rl.objectives import (
 )
 from xinzhou.rl.rollout import RepetitionGuard, RolloutBatch, Trajectory
 
-__all__ = [
+_LAZY = {
+    **dict.fromkeys(["collect", "collect_trajectories", "run_episodes", "apply_overlong"],
+                    "xinzhou.rl.rollout_engine"),
+    **dict.fromkeys(["EvalResult", "wilson_interval"], "xinzhou.rl.evaluate"),
+    **dict.fromkeys(["train_rl", "RLResult"], "xinzhou.rl.loop"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'xinzhou.rl' has no attribute {name!r}")
+
+
+__all__ = [*sorted(_LAZY),
     "AGGREGATIONS", "OBJECTIVES", "BanditResult", "Env", "Episode", "NonFiniteLossError", "PolicyTerms",
     "RepetitionGuard", "RolloutBatch", "StepResult", "TaskEnv", "Trajectory", "aggregate", "aggregation_weights",
     "check_finite", "check_options", "cispo", "dapo", "dynamic_sampling", "get_objective", "group_advantages", "grpo",

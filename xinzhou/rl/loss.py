@@ -1,7 +1,8 @@
 """One call from per-token logprobs to (loss, metrics): objective by name, aggregation weights, per-step metrics.
 
 Why: the trainer's `loss_fn(model, batch) -> (loss, metrics)` should be a thin wrapper that runs the model and
-calls `policy_loss`, whose metrics already follow the loop's contract (detached sums plus a `"tokens"` count). Metrics are the ones that explain an RL run (M1 §3, ScaleRL A.12/A.15): the clip fraction,
+calls `policy_loss`, whose metrics already follow the loop's contract (detached sums plus a `"tokens"` count).
+Metrics are the ones that explain an RL run (M1 §3, ScaleRL A.12/A.15): the clip fraction,
 the mean importance weight, entropy, the approximate KL between behaviour and current policy, and the fraction of
 tokens whose gradient is exactly zero (where DAPO and CISPO differ). `check_finite` is the NaN guard: a non-finite
 loss stops the run with the offending batch saved, never a silent NaN step.
