@@ -1,0 +1,145 @@
+"""A real (tiny, random) M2 model behind the server: SDK streaming equals non-streaming under a seed, the next
+turn of a tool chain reuses the engine state of the previous one, and 64 concurrent streaming clients, a quarter
+of them leaving early, all get served while the leavers' slots are freed at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import anthropic
+import httpx
+import openai
+import torch
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {
+    "type": "object", "properties": {"q": {"type": "string"}}}}}]
+USER = [{"role": "user", "content": "Tell me about the sea."}]
+
+
+def oa(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_streaming_equals_non_streaming_with_a_seed(tiny_server):
+    server, _ = tiny_server
+    c = oa(server)
+    whole = c.chat.completions.create(model="tiny", messages=USER, max_tokens=24, seed=7, temperature=1.0)
+    text, usage = "", None
+    for chunk in c.chat.completions.create(model="tiny", messages=USER, max_tokens=24, seed=7, temperature=1.0,
+                                           stream=True, stream_options={"include_usage": True}):
+        usage = chunk.usage or usage
+        for ch in chunk.choices:
+            text += (ch.delta.model_extra or {}).get("reasoning_content") or ch.delta.content or ""
+    msg = whole.choices[0].message
+    assert text == (msg.model_extra.get("reasoning_content") or "") + (msg.content or "")
+    assert usage.completion_tokens == whole.usage.completion_tokens == 24 or whole.choices[0].finish_reason == "stop"
+    assert usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_anthropic_sdk_on_the_real_model(tiny_server):
+    server, _ = tiny_server
+    c = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+    m = c.messages.create(model="tiny", max_tokens=12, messages=USER, extra_body={"temperature": 0.7, "top_k": 50})
+    assert m.stop_reason in ("max_tokens", "end_turn") and m.usage.output_tokens <= 12
+    with c.messages.stream(model="tiny", max_tokens=12, messages=USER) as s:
+        final = s.get_final_message()
+    assert final.usage.output_tokens <= 12 and final.content
+
+
+def test_tool_chain_turn_reuses_engine_state(tiny_server):
+    server, _ = tiny_server
+    c = oa(server)
+    first = c.chat.completions.create(model="tiny", messages=USER, tools=TOOLS, max_tokens=16, seed=1)
+    msg = first.choices[0].message
+    call = {"id": "call_0", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "sea"}'}}
+    history = USER + [{"role": "assistant", "content": msg.content or "",
+                       "reasoning_content": msg.model_extra.get("reasoning_content"), "tool_calls": [call]},
+                      {"role": "tool", "tool_call_id": "call_0", "content": "The sea is salty."}]
+    second = c.chat.completions.create(model="tiny", messages=history, tools=TOOLS, max_tokens=8, seed=1)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= first.usage.prompt_tokens  # at least the whole first prompt was restored, not recomputed
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens + first.usage.completion_tokens
+
+
+def test_context_length_is_a_400(tiny_server):
+    server, backend = tiny_server
+    long = [{"role": "user", "content": "word " * backend.max_model_len}]
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": long}, timeout=60)
+    assert r.status_code == 400 and "context" in r.json()["error"]["message"]
+
+
+def test_64_concurrent_streams_with_early_disconnects(tiny_server):
+    server, backend = tiny_server
+    before = dict(backend.counts)
+    n_clients, leave_every = 64, 4
+
+    async def client(c: httpx.AsyncClient, i: int) -> tuple[int, str | None, int]:
+        leaver = i % leave_every == 0
+        body = {"model": "tiny", "messages": [{"role": "user", "content": f"story {i}"}], "stream": True,
+                "seed": i, "max_tokens": 2000 if leaver else 24, "ignore_eos": True}
+        path = "/v1/chat/completions"
+        if i % 2:
+            body = {"model": "tiny", "max_tokens": body["max_tokens"], "messages": body["messages"], "stream": True}
+            path = "/v1/messages"
+        finish, events = None, 0
+        async with c.stream("POST", path, json=body) as r:
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                events += 1
+                data = json.loads(line[6:])
+                if leaver and events == 3:
+                    return r.status_code, "left", events
+                for ch in data.get("choices", []):
+                    finish = ch.get("finish_reason") or finish
+                if data.get("type") == "message_delta":
+                    finish = data["delta"]["stop_reason"]
+            return r.status_code, finish, events
+
+    async def run():
+        limits = httpx.Limits(max_connections=n_clients + 4)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as c:
+            return await asyncio.gather(*(client(c, i) for i in range(n_clients)))
+
+    t0 = time.monotonic()
+    results = asyncio.run(run())
+    assert all(status == 200 for status, _, _ in results)
+    leavers = [r for i, r in enumerate(results) if i % leave_every == 0]
+    stayers = [r for i, r in enumerate(results) if i % leave_every]
+    assert all(finish == "left" for _, finish, _ in leavers)
+    assert all(finish in ("length", "max_tokens", "stop", "end_turn") for _, finish, _ in stayers), stayers
+    deadline = time.monotonic() + 10
+    while backend.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = backend.stats()
+    assert stats["running"] == 0 and stats["free_slots"] == 64
+    assert stats["aborted"] - before["aborted"] == len(leavers), (stats, before)
+    assert stats["errors"] == before["errors"]
+    # a leaver asked for 2000 tokens: had it not been aborted, the run would take far longer
+    assert time.monotonic() - t0 < 60
+
+
+def test_in_process_engine_backend(tiny_checkpoint):
+    """The same server over an Engine object on a thread of this process (tests, notebooks)."""
+    from xinzhou.serve import ServerConfig, create_app
+    from xinzhou.serve.launch import ServerThread, load_backend
+
+    threads = torch.get_num_threads()
+    backend = load_backend(tiny_checkpoint, model_id="tiny", process=False, threads=1, max_num_seqs=4)
+    try:
+        with ServerThread(create_app(backend, ServerConfig())) as server:
+            c = oa(server)
+            outs = [c.chat.completions.create(model="tiny", messages=USER, max_tokens=8, seed=3) for _ in range(2)]
+            assert outs[0].choices[0].message.model_extra == outs[1].choices[0].message.model_extra
+            assert outs[1].usage.prompt_tokens_details.cached_tokens == outs[1].usage.prompt_tokens  # same prompt
+            with c.chat.completions.create(model="tiny", messages=USER, max_tokens=500, stream=True) as stream:
+                next(iter(stream))  # and leave
+            deadline = time.monotonic() + 10
+            while backend.stats()["running"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert backend.stats()["running"] == 0 and backend.stats()["aborted"] == 1
+        assert backend.engine.cache.num_free == 4
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,155 @@
+"""The loop that owns an :class:`~xinzhou.engine.Engine` wherever it runs (a thread of the server, or a process
+of its own): take commands, step while anything is unfinished, report what happened.
+
+Why it is written against two plain callables (``receive``, ``emit``) instead of a queue type: the same loop runs
+on a thread (tests, notebooks: messages are Python objects in a queue) and in a child process (``xinzhou serve``:
+messages are pickled through a pipe, and the engine's Python work no longer competes for the server's GIL).
+
+Messages in: ``("submit", key, prompt, params, strict)``, ``("abort", key)``, ``("stop",)``.
+Messages out, one list per iteration: ``("admitted", key, prompt_tokens)``, ``("rejected", key, kind, message)``
+(``kind`` is ``"ValueError"`` for the caller's mistakes), ``("chunk", key, Chunk)`` (the last chunk of a request has
+``finish_reason``), and last ``("slots", free_slots)``. Keys are the caller's; engine request ids stay inside.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from xinzhou.engine import Engine, SamplingParams
+
+log = logging.getLogger("xinzhou.serve")
+
+
+@dataclass
+class Chunk:
+    """Text of one or more new tokens; the last chunk of a stream has ``finish_reason`` set.
+
+    ``finish_reason`` is the engine's: ``"stop"`` (end-of-message token or a stop string), ``"length"``
+    (``max_tokens`` or the context), ``"repetition"``, ``"abort"`` or ``"error"`` (see ``error``).
+    ``stop_sequence`` names the stop string that ended the text, if one did. ``cached_tokens`` is the number of
+    prompt tokens restored from the engine's prefix cache instead of being computed.
+    """
+
+    text: str
+    tokens: int = 0
+    finish_reason: str | None = None
+    stop_sequence: str | None = None
+    cached_tokens: int = 0
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+def check_budget(prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
+    """The context-length rule for a client's explicit ``max_tokens`` (every backend applies it)."""
+    if prompt_tokens + max_tokens > max_model_len:
+        raise ValueError(f"this model's maximum context length is {max_model_len} tokens, but {prompt_tokens + max_tokens} "
+                         f"were requested ({prompt_tokens} in the messages, {max_tokens} in the completion); "
+                         f"reduce the length of the messages or the completion")
+
+
+def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Callable[[list[tuple]], None]) -> None:
+    """Serve ``engine`` until a ``("stop",)`` message. ``receive(block)`` returns the pending messages (waiting a
+    while for one when ``block``); ``emit(messages)`` hands one iteration's results back."""
+    keys: dict[int, Any] = {}  # engine request id -> caller key
+    rids: dict[Any, tuple[int, SamplingParams]] = {}  # caller key -> (engine request id, params)
+    while True:
+        out: list[tuple] = []
+        for msg in receive(not engine.has_unfinished()):
+            if msg[0] == "stop":
+                for rid in list(keys):
+                    engine.abort(rid)
+                    engine.discard_output(rid)
+                return
+            if msg[0] == "submit":
+                _, key, prompt, params, strict = msg
+                try:
+                    seq = engine.make_sequence(prompt, params, stream=True)
+                    if strict:
+                        check_budget(seq.prompt_len, params.max_tokens, engine.max_model_len)
+                except Exception as e:  # noqa: BLE001 (reported to the caller; ValueError is the request's fault)
+                    out.append(("rejected", key, type(e).__name__, str(e)))
+                    continue
+                rid = engine.submit(seq)
+                keys[rid], rids[key] = key, (rid, params)
+                out.append(("admitted", key, seq.prompt_len))
+            elif msg[0] == "abort" and msg[1] in rids:
+                rid, _ = rids.pop(msg[1])
+                del keys[rid]
+                engine.abort(rid)
+                engine.discard_output(rid)
+        if engine.has_unfinished():
+            try:
+                events = engine.step()
+            except Exception as e:  # noqa: BLE001 (a broken step ends the running requests, not the server)
+                log.exception("engine step failed")
+                for rid, key in list(keys.items()):
+                    engine.abort(rid)
+                    engine.discard_output(rid)
+                    out.append(("chunk", key, Chunk("", finish_reason="error", error=f"{type(e).__name__}: {e}")))
+                keys.clear()
+                rids.clear()
+                events = []
+            for ev in events:
+                key = keys.get(ev.request_id)
+                if key is None:
+                    continue
+                chunk = Chunk(ev.text, int(ev.token_id is not None))
+                if ev.finished:
+                    del keys[ev.request_id]
+                    _, params = rids.pop(key)
+                    chunk = _last_chunk(engine, chunk, ev.request_id, ev.finish_reason, params)
+                out.append(("chunk", key, chunk))
+        if out:
+            out.append(("slots", engine.cache.num_free))
+            emit(out)
+
+
+def _last_chunk(engine: Engine, chunk: Chunk, rid: int, reason: str, params: SamplingParams) -> Chunk:
+    out = engine.pop_output(rid)
+    chunk.finish_reason, chunk.cached_tokens, chunk.error = reason, out.num_cached_tokens, out.error
+    if reason == "stop" and params.stop_strings:
+        rest = engine.tokenizer.decode(out.token_ids)[len(out.text):]
+        chunk.stop_sequence = next((s for s in params.stop_strings if rest.startswith(s)), None)
+    return chunk
+
+
+def process_main(conn: Any, model: str, model_id: str | None, threads: int | None, dtype: Any,
+                 engine_options: dict[str, Any]) -> None:
+    """Entry point of the engine process: load the checkpoint, report ``("ready", max_model_len)`` (or
+    ``("failed", message)``), then run the loop over the pipe ``conn``."""
+    import signal  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    from xinzhou.engine import LLM  # noqa: PLC0415
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then stops this process
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        llm = LLM(model, dtype=dtype, **engine_options)
+        if llm.engine.tokenizer is None:
+            raise ValueError(f"{model} has no tokenizer.json; the server needs the checkpoint's tokenizer")
+    except Exception as e:  # noqa: BLE001 (reported to the parent, which raises it)
+        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", llm.engine.max_model_len))
+
+    def receive(block: bool) -> list[tuple]:
+        msgs = []
+        if conn.poll(0.5 if block else 0):
+            msgs.append(conn.recv())
+            while conn.poll(0):
+                msgs.append(conn.recv())
+        return msgs
+
+    try:
+        run_engine(llm.engine, receive, conn.send)
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the server went away
+        pass
