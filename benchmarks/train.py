@@ -22,8 +22,11 @@ What is compared, so that both sides do the same work:
 * transformers runs with its defaults: SDPA attention and, for experts, ``grouped_mm`` (on CPU it calls
   ``torch.nn.functional.grouped_mm``), as reported in the table.
 
-Steps alternate between the two libraries and the median is kept, so background load hits both alike; compare
-the ratios, not the absolute numbers. FLOPs are the analytic training count, 3 x the forward count of
+Timing: steps alternate between the two libraries and the median is kept. Each step is timed twice: wall clock,
+and CPU time of this process. By default torch runs one intra-op thread (``--threads``), so on a shared machine
+CPU time is the work done, independent of other processes' load (wall clock then only adds waiting): the main
+columns are tokens per CPU-second, the wall-clock ratio is shown beside them. The fp32 matmul peak is measured
+the same way at the same thread count. FLOPs are the analytic training count, 3 x the forward count of
 :func:`xinzhou.model.flops.forward_flops` (backward = 2 x forward), the same number for both libraries.
 """
 
@@ -47,16 +50,18 @@ warnings.filterwarnings("ignore")
 LR, BETAS, WD, CLIP = 1e-4, (0.9, 0.95), 0.1, 1.0
 
 
+def timed(fn) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds of this process)`` of one call."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
 def matmul_peak(n: int, repeats: int = 5) -> float:
-    """Best fp32 GEMM FLOP/s of an ``n x n`` product on this machine, now."""
+    """Best fp32 GEMM FLOP per CPU-second of an ``n x n`` product on this machine, now."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    return 2 * n**3 / min(timed(lambda: a @ b)[1] for _ in range(repeats))
 
 
 def hybrid_100m() -> xinzhou.ModelConfig:
@@ -114,32 +119,34 @@ def bench_config(cfg: xinzhou.ModelConfig, B: int, T: int, steps: int, peak: flo
         hf_opt.step()
         hf_opt.zero_grad(set_to_none=True)
 
-    times: dict[str, list[float]] = {"ours": [], "hf": []}
+    times: dict[str, list[tuple[float, float]]] = {"ours": [], "hf": []}
     for i in range(steps + 1):  # the first round is warm-up
         for name, fn in (("ours", ours_step), ("hf", hf_step)):
-            t0 = time.perf_counter()
-            fn()
+            t = timed(fn)
             if i:
-                times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+                times[name].append(t)
+    wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     flops = 3 * forward_flops(cfg, T, batch=B)
     total, active = ours.count_parameters()
     return {"name": cfg.name, "params": total, "active": active, "tokens": B * T, "B": B, "T": T,
-            "ours_tps": B * T / med["ours"], "hf_tps": B * T / med["hf"], "ratio": med["hf"] / med["ours"],
-            "ours_peak": flops / med["ours"] / peak, "hf_peak": flops / med["hf"] / peak,
+            "ours_tps": B * T / cpu["ours"], "hf_tps": B * T / cpu["hf"], "ratio": cpu["hf"] / cpu["ours"],
+            "wall_ratio": wall["hf"] / wall["ours"], "ours_wall_tps": B * T / wall["ours"],
+            "ours_peak": flops / cpu["ours"] / peak, "hf_peak": flops / cpu["hf"] / peak,
             "experts_impl": hf.config._experts_implementation, "attn_impl": hf.config._attn_implementation,
             "loss_check": abs(ours_loss - hf_loss) / hf_loss}
 
 
 def table(rows: list[dict], peak: float) -> str:
-    head = ("| config | params (active) | batch | xinzhou tok/s | transformers tok/s | speed-up | xinzhou % of peak "
-            "| transformers % of peak |\n|---|---|---|---:|---:|---:|---:|---:|\n")
+    head = ("| config | params (active) | batch | xinzhou tok/s | transformers tok/s | speed-up | (wall clock) "
+            "| xinzhou % of peak | transformers % of peak |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n")
     body = "".join(
         f"| {r['name']} | {r['params'] / 1e6:.1f}M ({r['active'] / 1e6:.1f}M) | {r['B']}x{r['T']} | "
-        f"{r['ours_tps']:,.0f} | {r['hf_tps']:,.0f} | {r['ratio']:.2f}x | {r['ours_peak']:.1%} | "
-        f"{r['hf_peak']:.1%} |\n" for r in rows)
+        f"{r['ours_tps']:,.0f} | {r['hf_tps']:,.0f} | {r['ratio']:.2f}x | {r['wall_ratio']:.2f}x | "
+        f"{r['ours_peak']:.1%} | {r['hf_peak']:.1%} |\n" for r in rows)
     r0 = rows[0]
-    note = (f"\nfp32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s; {torch.get_num_threads()} threads; "
+    note = (f"\ntok/s = training tokens per CPU-second at {torch.get_num_threads()} thread(s); fp32 matmul peak "
+            f"measured in this run: {peak / 1e9:.1f} GFLOP per CPU-second; "
             f"transformers attention `{r0['attn_impl']}`, experts `{r0['experts_impl']}`; initial losses equal "
             f"(max rel diff {max(r['loss_check'] for r in rows):.1e}).\n")
     return head + body + note
@@ -150,7 +157,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small batches and 2 timed steps (smoke run)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per library and config")
     parser.add_argument("--markdown", default=None, help="also write the table to this markdown file")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see above)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     steps = args.steps or (2 if args.quick else 5)
     peak = matmul_peak(1024 if args.quick else 2048)
     print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
@@ -161,8 +170,9 @@ def main() -> None:
         t0 = time.perf_counter()
         rows.append(bench_config(cfg, B, T, steps, peak))
         r = rows[-1]
-        print(f"{r['name']}: xinzhou {r['ours_tps']:,.0f} tok/s, transformers {r['hf_tps']:,.0f} tok/s, "
-              f"{r['ratio']:.2f}x ({time.perf_counter() - t0:.0f}s)", flush=True)
+        print(f"{r['name']}: xinzhou {r['ours_tps']:,.0f} tok/s, transformers {r['hf_tps']:,.0f} tok/s per "
+              f"CPU-second, {r['ratio']:.2f}x (wall clock {r['wall_ratio']:.2f}x; {time.perf_counter() - t0:.0f}s)",
+              flush=True)
     md = table(rows, peak)
     print("\n" + md)
     targets = {"debug-text01": 1.5, "hybrid-100m": 1.2}

@@ -14,7 +14,7 @@ def small_corpus(tmp_path_factory) -> str:
     return write_small_corpus(tmp_path_factory.mktemp("corpus") / "small.txt")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")  # module scope: before the module-scoped runs below
 def _one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -87,3 +87,22 @@ def test_summarize_expert_load():
     out = summarize(sums)
     assert out["loss"] == 2.0 and out["tokens"] == 4
     assert out["expert_load"] == [[0.25, 0.75], [0.5, 0.5]] and out["expert_load_max"] == 1.5
+
+
+def test_activation_checkpointing_gives_the_same_step():
+    a, b = _setup(), _setup()
+    b.model.gradient_checkpointing = True
+    batch = _batch()
+    ra, rb = (t.train_step(batch.split(2), make_lm_loss(0.01)) for t in (a, b))
+    assert ra.metrics["loss"] == rb.metrics["loss"] and ra.grad_norm == pytest.approx(rb.grad_norm, rel=1e-6)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.allclose(pa, pb, rtol=0, atol=1e-7)
+
+
+def test_bf16_autocast_step():
+    a, b = _setup(), _setup()
+    b.autocast_dtype = torch.bfloat16
+    batch = _batch()
+    ra, rb = (t.train_step([batch], make_lm_loss(0.01)) for t in (a, b))
+    assert rb.metrics["loss"] == pytest.approx(ra.metrics["loss"], rel=2e-2)
+    assert all(p.dtype == torch.float32 for p in b.model.parameters())  # fp32 master weights

@@ -60,6 +60,7 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
     rids: dict[Any, tuple[int, SamplingParams]] = {}  # caller key -> (engine request id, params)
     while True:
         out: list[tuple] = []
+        freed = False  # an abort frees a slot without other output: report the slots anyway
         for msg in receive(not engine.has_unfinished()):
             if msg[0] == "stop":
                 for rid in list(keys):
@@ -83,6 +84,7 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
                 del keys[rid]
                 engine.abort(rid)
                 engine.discard_output(rid)
+                freed = True
         if engine.has_unfinished():
             try:
                 events = engine.step()
@@ -105,7 +107,7 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
                     _, params = rids.pop(key)
                     chunk = _last_chunk(engine, chunk, ev.request_id, ev.finish_reason, params)
                 out.append(("chunk", key, chunk))
-        if out:
+        if out or freed:
             out.append(("slots", engine.cache.num_free))
             emit(out)
 
