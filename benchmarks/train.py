@@ -37,6 +37,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +45,14 @@ import torch.nn.functional as F
 import xinzhou
 from xinzhou.model.flops import forward_flops
 from xinzhou.train.loop import Trainer
+from xinzhou.train.loss import LossFn
 from xinzhou.train.optim import Schedule, build_optimizer
 
 warnings.filterwarnings("ignore")
 LR, BETAS, WD, CLIP = 1e-4, (0.9, 0.95), 0.1, 1.0
 
 
-def timed(fn) -> tuple[float, float]:
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
     """``(wall seconds, CPU seconds of this process)`` of one call."""
     w0, c0 = time.perf_counter(), time.process_time()
     fn()
@@ -70,10 +72,10 @@ def hybrid_100m() -> xinzhou.ModelConfig:
                                moe_intermediate_size=256, max_position_embeddings=65536, name="hybrid-100m")
 
 
-def rows_loss(coef: float):
+def rows_loss(coef: float) -> LossFn:
     """xinzhou's LossFn on unpacked rows ``(ids [B, T], labels [B, T])``: summed CE + coef x aux (see train/loss.py)."""
 
-    def loss_fn(model, batch):
+    def loss_fn(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         ids, labels = batch
         out = model(ids)
         ce = F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), labels.reshape(-1),

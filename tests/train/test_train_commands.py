@@ -1,6 +1,6 @@
 """`xinzhou pretrain` / `xinzhou sft`: a recipe plus `--key=value` overrides, a summary at the end, and one-line
 errors (exit status 2) for bad values.
-Run: pytest tests/train/test_commands.py"""
+Run: pytest tests/train/test_train_commands.py"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Bad input fails with a clear message before any work is done (no tokenizer trained, no model built, nothing
 written): a missing or empty corpus, a sequence length above the model's limit, resuming a run with another
 config (or one that does not exist), and reusing a run directory by accident.
-Run: pytest tests/train/test_errors.py"""
+Run: pytest tests/train/test_train_errors.py"""
 
 from __future__ import annotations
 

@@ -25,9 +25,10 @@ from xinzhou.data.packing import IGNORE_INDEX, PackedBatch
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-def packed_forward(model: nn.Module, batch: PackedBatch):
+def packed_forward(model: nn.Module, batch: PackedBatch) -> tuple[Any, torch.Tensor]:
     """Run ``model`` on a packed batch as one ``[1, B*T]`` row with one ``cu_seqlens``: lightning layers reset
-    their state and softmax layers mask at every document start, so documents never see each other."""
+    their state and softmax layers mask at every document start, so documents never see each other. Returns the
+    model output (a :class:`xinzhou.ModelOutput`) and the flattened ``[1, B*T]`` labels."""
     flat = batch.flatten()
     return model(flat.input_ids, cu_seqlens=flat.cu_seqlens[0], position_ids=flat.position_ids), flat.labels
 

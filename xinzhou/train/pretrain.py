@@ -22,7 +22,7 @@ from xinzhou.data.loaders import (
     load_documents,
     split_documents,
 )
-from xinzhou.data.packing import IGNORE_INDEX, pack_documents
+from xinzhou.data.packing import IGNORE_INDEX, PackedBatch, pack_documents
 from xinzhou.train.run import (
     RunData,
     RunResult,
@@ -33,7 +33,7 @@ from xinzhou.train.run import (
 )
 
 
-def eval_rows(packed, cfg: TrainConfig):
+def eval_rows(packed: PackedBatch, cfg: TrainConfig) -> PackedBatch:
     """At most ``eval_tokens`` positions (whole rows, at least one) of a packed eval set."""
     return packed.rows(0, max(1, min(packed.batch_size, cfg.eval_tokens // cfg.seq_len)))
 

@@ -1,6 +1,6 @@
 """Observability: JSON-lines metrics cut back on resume, the PNG loss curve, the progress bar, and TensorBoard
 (optional dependency: a clear error when it is missing).
-Run: pytest tests/train/test_metrics.py"""
+Run: pytest tests/train/test_train_metrics.py"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Typed training config: recipes, `--key=value` overrides converted by field type, validation with the valid
 options, and the command-line options generated from the dataclass.
-Run: pytest tests/train/test_config.py"""
+Run: pytest tests/train/test_train_config.py"""
 
 from __future__ import annotations
 

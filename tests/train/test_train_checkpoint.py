@@ -1,7 +1,7 @@
 """Checkpoints are atomic and complete: a process killed (SIGKILL) in the middle of writing one leaves the
 previous checkpoint loadable, and resuming from it reproduces the uninterrupted run bit for bit (every logged
 loss and every final weight). Also: pruning, RNG round trip, and partial directories are ignored.
-Run: pytest tests/train/test_checkpoint.py"""
+Run: pytest tests/train/test_train_checkpoint.py"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Learning-rate schedules are pure functions of the step (so resumption needs only the step) and AdamW
 decays matrices but not norms, biases or embeddings.
-Run: pytest tests/train/test_optim.py"""
+Run: pytest tests/train/test_train_optim.py"""
 
 from __future__ import annotations
 

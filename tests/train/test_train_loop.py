@@ -1,7 +1,7 @@
 """The shared step: gradient accumulation gives the update of the whole batch at once (loss normalised by the
 global target count), gradients are scaled and clipped in one pass, a batch without targets changes nothing,
 and evaluation reports the token-mean loss.
-Run: pytest tests/train/test_loop.py"""
+Run: pytest tests/train/test_train_loop.py"""
 
 from __future__ import annotations
 
