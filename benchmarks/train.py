@@ -2,7 +2,7 @@
 transformers' ``MiniMaxForCausalLM`` on the same config, weights, batch and optimizer, side by side in one run,
 with the achieved FLOP/s of each as a fraction of this machine's fp32 matmul peak measured in the same run.
 
-    python benchmarks/train.py              # about 5-8 minutes on 2 shared CPU cores
+    python benchmarks/train.py              # about 4 minutes on a shared CPU (one thread)
     python benchmarks/train.py --quick      # smaller batches, fewer steps (a smoke run)
     python benchmarks/train.py --markdown bench_train.md
 

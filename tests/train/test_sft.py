@@ -24,7 +24,8 @@ def base(tmp_path_factory, small_corpus):
 
 def _sft_config(out, init_from, **kw):
     return resolve("sft-tiny", {"out_dir": str(out), "init_from": str(init_from), "seq_len": 512, "batch_size": 4,
-                                "micro_batch_size": 2, "max_steps": 6, "eval_every": 3, "save_every": 6, "truncate": True,
+                                "micro_batch_size": 2, "max_steps": 6, "eval_every": 3, "save_every": 6,
+                                "truncate": True,
                                 "eval_tokens": 2048, "progress": False, **kw})
 
 

@@ -22,14 +22,15 @@ from typing import Any, Literal
 
 from xinzhou.configs.model import ModelConfig, get_config
 
-TASKS = ("pretrain", "sft")
-SCHEDULES = ("cosine", "wsd", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
-PARALLEL = ("auto", "none", "ddp", "fsdp")
+Task = Literal["pretrain", "sft"]
+ScheduleName = Literal["cosine", "wsd", "constant"]
+Precision = Literal["auto", "fp32", "bf16"]
+ParallelMode = Literal["auto", "none", "ddp", "fsdp"]
+TASKS, SCHEDULES, PRECISIONS, PARALLEL = (typing.get_args(t) for t in (Task, ScheduleName, Precision, ParallelMode))
 # fields that may change between a run and its resumption: they do not change what is computed
 RESUMABLE_CHANGES = frozenset({
     "resume", "overwrite", "progress", "tensorboard", "log_every", "eval_every", "save_every", "keep_last",
-    "export", "micro_batch_size", "parallel", "gradient_checkpointing", "recipe",
+    "export", "micro_batch_size", "parallel", "gradient_checkpointing", "recipe", "threads",
 })
 
 
@@ -37,7 +38,7 @@ RESUMABLE_CHANGES = frozenset({
 class TrainConfig:
     """Everything a pretraining or SFT run needs. Validated by :meth:`validate` (``resolve`` calls it)."""
 
-    task: Literal["pretrain", "sft"] = "pretrain"
+    task: Task = "pretrain"
     recipe: str = "custom"
     out_dir: str = "runs/pretrain"  # checkpoints/, metrics.jsonl, loss.png, tokenizer/, export/
     seed: int = 0
@@ -61,7 +62,7 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
     warmup_steps: int = 50
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    schedule: ScheduleName = "cosine"
     decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
     beta1: float = 0.9
     beta2: float = 0.95
@@ -69,9 +70,10 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     aux_loss_coef: float = -1.0  # MoE load-balance coefficient; < 0 = the model's router_aux_loss_coef
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA with bf16, else fp32
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA with bf16, else fp32
     gradient_checkpointing: bool = False
-    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: ddp when started with several processes
+    threads: int = 0  # torch intra-op threads; 0 = torch's default (1 can be much faster on a busy shared CPU)
+    parallel: ParallelMode = "auto"  # auto: ddp when started with several processes
     # observability and checkpoints
     log_every: int = 1
     eval_every: int = 100  # also evaluates at the last step; 0 = only there
@@ -93,7 +95,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "save_every", "eval_tokens", "weight_decay", "grad_clip"):
+        for name in ("warmup_steps", "eval_every", "save_every", "eval_tokens", "weight_decay", "grad_clip", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.seq_len < 2:
@@ -273,19 +275,19 @@ def resolve(recipe: str, overrides: dict[str, Any] | None = None, *, task: str |
 
 
 # The bundled default: a ~2M-parameter hybrid (3 lightning + 1 softmax layer, 8 experts top-2) with a 1024-id BPE
-# trained on the bundled corpus; learns visibly in a few minutes on a laptop CPU.
+# trained on the bundled corpus; learns visibly in a few minutes on a laptop CPU. Full rotary, so transformers
+# reproduces its export exactly (its `minimax` ignores partial rotary).
 TINY_MODEL = dict(vocab_size=1024, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-                  rotary_dim=16, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=128,
+                  rotary_dim=32, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=128,
                   max_position_embeddings=4096,
                   layer_types=("linear_attention", "linear_attention", "linear_attention", "full_attention"))
 register_recipe("tiny", TrainConfig(model="debug-text01", model_overrides=TINY_MODEL, seq_len=256, batch_size=16,
-                                    micro_batch_size=4, max_steps=200, lr=3e-3, warmup_steps=20, eval_every=25,
-                                    save_every=50, eval_tokens=16_384))
+                                    micro_batch_size=4, max_steps=120, lr=3e-3, warmup_steps=12, eval_every=20,
+                                    save_every=40, eval_tokens=16_384))
 # Chat fine-tuning of the `tiny` export on Q/A pairs of the bundled corpus rendered in the M2 chat format.
 register_recipe("sft-tiny", TrainConfig(task="sft", out_dir="runs/sft", init_from="runs/pretrain/export",
-                                        seq_len=256, batch_size=16, micro_batch_size=16, max_steps=100, lr=1e-3,
-                                        warmup_steps=10, weight_decay=0.0, eval_every=25, save_every=50,
-                                        schedule="cosine"))
+                                        seq_len=512, batch_size=8, micro_batch_size=4, max_steps=60, lr=1e-3,
+                                        warmup_steps=6, weight_decay=0.0, eval_every=20, save_every=20))
 # Seconds-long runs for tests and smoke checks (full rotary, so transformers reproduces its exports).
 DEBUG_MODEL = dict(vocab_size=320, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
                    rotary_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,

@@ -153,7 +153,8 @@ class Checkpointer:
                              f"{[self.path(s).name for s in self.steps()]}")
         return torch.load(path / "trainer.pt", weights_only=True)
 
-    def load(self, path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    def load(self, path: str | os.PathLike, model: nn.Module,
+             optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
         """Load weights and optimizer state of checkpoint ``path`` into (wrapped) ``model``/``optimizer``, restore
         this process's RNG states, and return the trainer state. A collective."""
         path = Path(path)

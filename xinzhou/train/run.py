@@ -117,6 +117,8 @@ def prepare(cfg: TrainConfig, task: str) -> tuple[DistInfo, torch.nn.Module | No
     if cfg.task != task:
         raise ValueError(f"this is a {cfg.task} config; the {task} command needs task={task!r}")
     cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     info = init_distributed()
     cfg.grad_accum(info.world_size)
     check_out_dir(cfg)
@@ -219,7 +221,8 @@ def run_training(cfg: TrainConfig, info: DistInfo, data: RunData, model: torch.n
                 extra_state=lambda: {"config": cfg.to_dict()})
     final = evals[-1]["eval_loss"] if evals else None
     if info.is_main:
-        title = f"{cfg.task} {cfg.recipe}: {model_cfg.name}"
+        params = sum(p.numel() for p in model.parameters())
+        title = f"{cfg.task}, recipe {cfg.recipe}: {params / 1e6:.1f}M parameters"
         plot_losses(out / "metrics.jsonl", out / "loss.png", baseline=data.baseline, title=title)
     export_dir = None
     if cfg.export:

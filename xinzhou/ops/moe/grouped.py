@@ -38,14 +38,16 @@ def moe_grouped(
         y_SD = torch._grouped_mm(h_SF, down_EDF.transpose(1, 2), offs=offs)
     else:
         y_SD = torch.empty_like(xs_SD)
+        # unbind once: indexing w[e] per expert would make backward build a full-size zero gradient per expert
+        gate_up, down = gate_up_E2FD.unbind(0), down_EDF.unbind(0)
         start = 0
         for e, c in enumerate(counts_E.tolist()):
             if c == 0:
                 continue
             end = start + c
-            h_c2F = xs_SD[start:end] @ gate_up_E2FD[e].t()
+            h_c2F = xs_SD[start:end] @ gate_up[e].t()
             h_cF = F.silu(h_c2F[:, :Fw]) * h_c2F[:, Fw:]
-            y_SD[start:end] = h_cF @ down_EDF[e].t()
+            y_SD[start:end] = h_cF @ down[e].t()
             start = end
     w_S1 = w_NK.reshape(-1)[order_S].unsqueeze(-1).to(y_SD.dtype)
     out = torch.zeros_like(x_ND)
