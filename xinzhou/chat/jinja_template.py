@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from xinzhou.fileio import atomic_write_text
 
 TEMPLATE_FILE = "chat_template.jinja"
 
@@ -30,14 +31,7 @@ def save_chat_template(directory: str | os.PathLike[str]) -> Path:
     """Write the template into a checkpoint directory as `chat_template.jinja` (atomically); returns the path."""
     path = Path(directory) / TEMPLATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".chat_template.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(chat_template())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, chat_template())
     return path
 
 

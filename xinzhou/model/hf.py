@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from xinzhou.configs.model import FULL, LINEAR, ModelConfig
+from xinzhou.fileio import apply_default_mode, mkdtemp
 
 MODEL_TYPES = ("minimax_text_01", "minimax", "minimax_m2")
 _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
@@ -268,7 +268,7 @@ def save_pretrained(model, path: str | os.PathLike, max_shard_bytes: int = 4 << 
     cfg = model.config
     sd = state_dict_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)
     dtype = model.embed_tokens.weight.dtype
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = mkdtemp(path.parent, prefix=f".{path.name}.tmp-")
     try:
         shards, cur, size = [], {}, 0
         for k, t in sd.items():
@@ -293,6 +293,7 @@ def save_pretrained(model, path: str | os.PathLike, max_shard_bytes: int = 4 << 
         (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype), indent=2))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        apply_default_mode(tmp)  # what open() would give: safetensors writes 0600, mkdtemp makes 0700
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

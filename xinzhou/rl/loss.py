@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from xinzhou.fileio import mkstemp
 from xinzhou.rl.aggregation import aggregate, aggregation_weights
 from xinzhou.rl.objectives import Objective, PolicyTerms, check_options, get_objective
 
@@ -109,7 +109,7 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """`torch.save` to a temporary file in the same folder, then rename: a reader never sees a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

@@ -16,11 +16,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from xinzhou.data.tokenizer import atomic_write_text
+from xinzhou.fileio import atomic_write_text, mkstemp
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -103,7 +102,7 @@ def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, *,
     ax.legend()
     fig.tight_layout()
     png_path = Path(png_path)
-    fd, tmp = tempfile.mkstemp(dir=png_path.parent, prefix=f".{png_path.name}.", suffix=".png")
+    fd, tmp = mkstemp(png_path.parent, prefix=f".{png_path.name}.", suffix=".png")
     os.close(fd)
     try:
         fig.savefig(tmp)

@@ -26,7 +26,8 @@ from tokenizers import Tokenizer as TokenizerBackend
 from xinzhou.configs.model import ModelConfig
 from xinzhou.configs.train import TrainConfig, config_diff
 from xinzhou.data.packing import IGNORE_INDEX, PackedBatch
-from xinzhou.data.tokenizer import Tokenizer, atomic_write_text, train_tokenizer
+from xinzhou.data.tokenizer import Tokenizer, train_tokenizer
+from xinzhou.fileio import atomic_write_text
 from xinzhou.parallel.data_parallel import parallelize, resolve_mode
 from xinzhou.parallel.dist import DistInfo, barrier, broadcast_object, init_distributed
 from xinzhou.train.checkpoint import Checkpointer
