@@ -202,3 +202,70 @@ def test_feed_after_finish_is_an_error() -> None:
         p.feed("x")
     with pytest.raises(TypeError, match="takes text"):
         M2StreamParser().feed(b"x")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------- sloppy schemas
+
+CALL = ('x\n</think>\n\n<minimax:tool_call>\n<invoke name="f">\n<parameter name="a">{a}</parameter>\n'
+        '<parameter name="b">{b}</parameter>\n</invoke>\n</minimax:tool_call>[e~[')
+
+
+def _cyclic() -> dict:
+    schema: dict = {"anyOf": [{"type": "integer"}]}
+    schema["anyOf"] += [schema, schema]
+    return schema
+
+
+def _deep() -> dict:
+    schema: dict = {"type": "integer"}
+    for _ in range(5000):
+        schema = {"anyOf": [schema]}
+    return schema
+
+
+@pytest.mark.parametrize(("parameters", "a", "b", "want_a", "want_b"), [
+    # the tool schema itself is not an object: every value stays a string
+    (["a", "b"], "42", "null", "42", "null"),
+    ("object", "42", "true", "42", "true"),
+    (None, "42", "[1]", "42", "[1]"),
+    (7, "42", "x", "42", "x"),
+    # properties missing or malformed
+    ({"type": "object"}, "42", "true", "42", "true"),
+    ({"type": "object", "properties": None}, "42", "1.5", "42", "1.5"),
+    ({"type": "object", "properties": ["a", "b"]}, "42", "{}", "42", "{}"),
+    ({"type": "object", "properties": "a"}, "42", "x", "42", "x"),
+    # a type list, and lists mixing unknown or non-string entries
+    ({"properties": {"a": {"type": ["integer", "null"]}, "b": {"type": ["integer", "null"]}}}, "42", "null", 42, None),
+    ({"properties": {"a": {"type": [{"x": 1}, 5, None, "integer"]}, "b": {"type": [[], {}]}}}, "42", "7", 42, "7"),
+    # unknown type names are ignored; common aliases and capitalised names are understood
+    ({"properties": {"a": {"type": "int"}, "b": {"type": "Boolean"}}}, "42", "false", 42, False),
+    ({"properties": {"a": {"type": "float"}, "b": {"type": "str"}}}, "2.5", "007", 2.5, "007"),
+    ({"properties": {"a": {"type": "dict"}, "b": {"type": "list"}}}, '{"k": 1}', "[1]", {"k": 1}, [1]),
+    ({"properties": {"a": {"type": "decimal"}, "b": {"type": "uuid"}}}, "42", "null", "42", "null"),
+    # a bare type name (or list of names) in place of a parameter schema
+    ({"properties": {"a": "integer", "b": ["number", "null"]}}, "42", "null", 42, None),
+    # enum / anyOf / type of the wrong JSON kind
+    ({"properties": {"a": {"enum": 3}, "b": {"enum": "abc"}}}, "42", "abc", "42", "abc"),
+    ({"properties": {"a": {"anyOf": 3}, "b": {"oneOf": "integer"}}}, "42", "42", "42", "42"),
+    ({"properties": {"a": {"anyOf": {"type": "integer"}}, "b": {"type": 5}}}, "42", "42", 42, "42"),
+    ({"properties": {"a": {"$ref": "#/$defs/n"}, "b": {"nullable": "yes"}}}, "42", "null", "42", "null"),
+    # self-referencing and very deeply nested schemas
+    ({"properties": {"a": _cyclic(), "b": _deep()}}, "42", "42", 42, "42"),
+])
+def test_sloppy_schemas_never_raise(parameters, a: str, b: str, want_a, want_b) -> None:
+    text = CALL.format(a=a, b=b)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
+    for chunking in ([text], list(text)):  # whole and one character at a time
+        p = M2StreamParser(tools)
+        events = [e for c in chunking for e in p.feed(c)] + p.finish()
+        r = collect(events)
+        assert r.tool_calls == [ToolCall("f", {"a": want_a, "b": want_b})]
+        assert r.issues == [] and r.reasoning == "x" and r.content == ""
+    assert parse_m2(text, [{"name": "f", "parameters": parameters}]).tool_calls == r.tool_calls
+
+
+def test_a_value_that_fits_no_readable_type_is_still_reported() -> None:
+    tools = [{"name": "f", "parameters": {"properties": {"a": {"type": "INTEGER"}, "b": {"type": ["bool", 3]}}}}]
+    r = parse_m2(CALL.format(a="many", b="maybe"), tools)
+    assert r.tool_calls == [ToolCall("f", {"a": "many", "b": "maybe"})]
+    assert [i.kind for i in r.issues] == ["invalid_value", "invalid_value"]

@@ -7,7 +7,7 @@ output yields the same events as feeding it whole, up to how text deltas are cut
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,11 +90,23 @@ def collect(events: Iterable[Event]) -> ParseResult:
     return r
 
 
-def tool_schemas(tools: Iterable[Any] | None) -> dict[str, dict[str, Any]] | None:
-    """name -> parameters schema, from ToolSpecs, OpenAI tool dicts or registry Tools (None: no tool list)."""
+def tool_schemas(tools: Iterable[Any] | None) -> dict[str, Any] | None:
+    """name -> parameters schema, from ToolSpecs, OpenAI tool dicts or registry Tools (None: no tool list).
+
+    A tool dict whose `parameters` is not an object is kept with that schema as it is (values are then typed best
+    effort, see `values.py`) rather than rejected: a sloppy schema must not stop the output from being parsed."""
     if tools is None:
         return None
-    return {spec.name: spec.parameters for spec in map(to_tool_spec, tools)}
+    schemas: dict[str, Any] = {}
+    for tool in tools:
+        fn = tool.get("function", tool) if isinstance(tool, Mapping) else None
+        if isinstance(fn, Mapping) and isinstance(fn.get("name"), str) and not isinstance(
+                fn.get("parameters") or {}, Mapping):
+            schemas[fn["name"]] = fn["parameters"]
+        else:
+            spec = to_tool_spec(tool)
+            schemas[spec.name] = spec.parameters
+    return schemas
 
 
 def held_suffix(text: str, markers: tuple[str, ...]) -> int:

@@ -28,7 +28,7 @@ from xinzhou.chat.parsers.events import (
     ThinkingStream,
     collect,
 )
-from xinzhou.chat.parsers.values import convert_value
+from xinzhou.chat.parsers.values import convert_value, parameter_schema
 from xinzhou.chat.template import EOS, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from xinzhou.chat.types import ToolCall
 
@@ -148,7 +148,7 @@ class M2StreamParser(ThinkingStream):
             self._scan = i + 1  # a literal </parameter> inside the value
         raw = self._take(i)
         self._pending += raw + self._take(len(_PARAM_CLOSE))
-        schema = ((self._schemas or {}).get(self._name) or {}).get("properties", {}).get(self._param)
+        schema = parameter_schema((self._schemas or {}).get(self._name), self._param)
         value, problem = convert_value(raw, schema)
         if problem:
             self._issue("invalid_value", f"{self._name}.{self._param}: {problem}")

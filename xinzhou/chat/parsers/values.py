@@ -10,6 +10,17 @@ Rules (each fixes a bug seen in other parsers, see shared/reference/interleaved.
 - no schema, or a schema that names no type, means string (M2's convention);
 - a value that fits none of the allowed types is returned as parsed JSON if it is JSON, else the raw text,
   with a problem description for the caller to report.
+
+Schemas come from clients and are often sloppy, and the streaming parser must never raise because of one, so
+reading a schema is best effort and never fails:
+- type names are matched case-insensitively, and common aliases are understood (`str`/`text` -> string,
+  `int`/`long` -> integer, `float`/`double` -> number, `bool` -> boolean, `dict` -> object, `list` -> array);
+  other unknown names are ignored;
+- a bare type name or list of names where a schema should be (`"properties": {"n": "integer"}`) is read as `type`,
+  and a single schema object where `anyOf`/`oneOf`/`allOf` want an array as a one-element array;
+- anything else malformed (a tool schema that is not an object, `properties` that is not an object, `enum` or
+  `anyOf` that is neither, non-string entries in a `type` list, `$ref`s, cycles) contributes no type; a
+  parameter left with no type keeps its raw string, with no problem reported.
 """
 
 from __future__ import annotations
@@ -40,26 +51,61 @@ def json_type(value: Any) -> str:
     return "object"
 
 
+_KNOWN_TYPES = frozenset({"string", "integer", "number", "boolean", "null", "object", "array"})
+_TYPE_ALIASES = {"str": "string", "text": "string", "int": "integer", "long": "integer", "float": "number",
+                 "double": "number", "bool": "boolean", "dict": "object", "list": "array"}
+_MAX_SCHEMAS = 1000  # sub-schemas read per schema; a larger (hostile) one contributes no more types
+
+
+def _type_name(name: Any) -> str | None:
+    """The JSON type a `type` entry names, or None for anything unknown or not a string."""
+    if not isinstance(name, str):
+        return None
+    name = name.strip().lower()
+    name = _TYPE_ALIASES.get(name, name)
+    return name if name in _KNOWN_TYPES else None
+
+
+def _items(value: Any) -> tuple[Any, ...]:
+    """The entries of a JSON array (a mapping counts as a one-element array); () for anything else."""
+    if isinstance(value, Mapping):
+        return (value,)
+    return tuple(value) if isinstance(value, (list, tuple)) else ()
+
+
 def schema_types(schema: Any) -> frozenset[str]:
-    """The JSON types a schema allows (empty when it names none)."""
-    if not isinstance(schema, Mapping):
-        return frozenset()
+    """The JSON types a schema allows (empty when it names none). Never raises: malformed parts are skipped (see
+    the module docstring)."""
     types: set[str] = set()
-    t = schema.get("type")
-    if isinstance(t, str):
-        types.add(t)
-    elif isinstance(t, (list, tuple)):
-        types.update(x for x in t if isinstance(x, str))
-    for v in schema.get("enum") or ():
-        types.add(json_type(v))
-    if "const" in schema:
-        types.add(json_type(schema["const"]))
-    for key in ("anyOf", "oneOf", "allOf"):
-        for sub in schema.get(key) or ():
-            types |= schema_types(sub)
-    if schema.get("nullable") is True:
-        types.add("null")
+    stack, seen = [schema], set()
+    while stack and len(seen) < _MAX_SCHEMAS:  # iterative: deep nesting cannot overflow the Python stack
+        s = stack.pop()
+        if isinstance(s, (str, list, tuple)):  # a type name (or names) given in place of a schema
+            s = {"type": s}
+        if not isinstance(s, Mapping) or id(s) in seen:
+            continue
+        seen.add(id(s))  # each sub-schema is read once: cycles and shared sub-schemas cost nothing more
+        t = s.get("type")
+        types.update(n for n in map(_type_name, t if isinstance(t, (list, tuple)) else (t,)) if n is not None)
+        enum = s.get("enum")
+        if isinstance(enum, (list, tuple)):
+            types.update(json_type(v) for v in enum)
+        if "const" in s:
+            types.add(json_type(s["const"]))
+        for key in ("anyOf", "oneOf", "allOf"):
+            stack.extend(_items(s.get(key)))
+        if s.get("nullable") is True:
+            types.add("null")
     return frozenset(types)
+
+
+def parameter_schema(parameters: Any, name: str) -> Any:
+    """The schema of parameter `name` in a tool's `parameters` schema; None when there is none or the tool
+    schema is malformed (not an object, `properties` missing or not an object)."""
+    if not isinstance(parameters, Mapping):
+        return None
+    props = parameters.get("properties")
+    return props.get(name) if isinstance(props, Mapping) else None
 
 
 def _loads(text: str) -> tuple[bool, Any]:
