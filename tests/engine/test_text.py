@@ -27,6 +27,41 @@ def test_stop_string_cuts_text_and_streams_consistently(text01):
     assert "".join(e.text for e in events) == out.text and events[-1].finish_reason == "stop"
 
 
+def test_stop_reason_names_the_stop_string_or_token_that_matched(text01):
+    tok = ByteTokenizer()
+    prompt = "The ant is"
+    ref = greedy_reference(text01, tok.encode(prompt), 12)
+    full = tok.decode(ref)
+    stop = full[5:7]
+    at = full.find(stop)
+    llm = LLM(text01, tokenizer=tok)
+    greedy = {"max_tokens": 12, "temperature": 0}
+    # a string that never appears, the one that does, and a stop token id the greedy run samples later
+    assert tok.decode(ref[: ref.index(ref[9])]).find(stop) >= 0  # the string comes first
+    params = SamplingParams(**greedy, stop=["\x00never", stop, ref[9]])
+    out = llm.generate(prompt, params)[0]
+    assert (out.finish_reason, out.stop_reason, out.text) == ("stop", stop, full[:at])
+    events = list(llm.stream(prompt, params))
+    assert (events[-1].finish_reason, events[-1].stop_reason) == ("stop", stop)
+    assert all(e.stop_reason is None for e in events[:-1])
+    # a stop token id (an int), not the model's end-of-sequence token
+    first = ref.index(ref[9])
+    out = llm.generate(prompt, SamplingParams(**greedy, stop=[ref[9]]))[0]
+    assert (out.finish_reason, out.stop_reason, out.token_ids) == ("stop", ref[9], ref[: first + 1])
+    # the model's own end-of-sequence token, the length limit: no stop reason
+    out = llm.generate(prompt, SamplingParams(**greedy))[0]
+    assert (out.finish_reason, out.stop_reason) == ("length", None)
+    text01.config.eos_token_id = ref[9]
+    try:
+        for stop_ids in ([], [ref[9]]):  # also when the request names the end-of-sequence token itself (as vLLM)
+            out = LLM(text01, tokenizer=tok).generate(prompt, SamplingParams(**greedy, stop=stop_ids))[0]
+            assert (out.finish_reason, out.stop_reason, out.token_ids[-1]) == ("stop", None, ref[9])
+        out = LLM(text01, tokenizer=tok).generate(prompt, SamplingParams(**greedy, stop=[ref[9]], ignore_eos=True))[0]
+        assert (out.finish_reason, out.stop_reason) == ("stop", ref[9])
+    finally:
+        text01.config.eos_token_id = None
+
+
 def test_streamed_text_holds_partial_utf8_until_complete(text01):
     llm = LLM(text01, tokenizer=ByteTokenizer())
     events = list(llm.stream("中文 é", SamplingParams(max_tokens=20, temperature=1.0, seed=0, ignore_eos=True)))

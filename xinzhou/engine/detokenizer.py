@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from xinzhou.data.tokenizer import MarkedText, encode_marked
+
 EOS_TEXT = "[e~["  # MiniMax-M2's end-of-message token
 
 
@@ -37,6 +39,10 @@ class TokenizerAdapter:
                              "xinzhou.data.tokenizer.Tokenizer, tokenizers.Tokenizer, a transformers tokenizer")
 
     def encode(self, text: str) -> list[int]:
+        """Ids of ``text``; a :class:`~xinzhou.data.tokenizer.MarkedText` (a rendered chat) by its marks, so that
+        what users and tools wrote never becomes a special token."""
+        if isinstance(text, MarkedText):
+            return encode_marked(self.tokenizer, text)
         if self.kind == "xinzhou":
             return self.tokenizer.encode(text)
         if self.kind == "tokenizers":

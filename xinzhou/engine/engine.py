@@ -211,8 +211,11 @@ class Engine:
         seq.num_sampled += 1
         reason = None
         stopped_by_string = seq.text is not None and seq.text.append(token)
-        if token in seq.stop_ids or stopped_by_string:
-            reason = "stop"
+        if stopped_by_string:  # the text is cut at the string, so it is what ended the request
+            reason, seq.stop_reason = "stop", seq.text.stopped_by
+        elif token in seq.stop_ids:
+            is_eos = token in self.eos_ids and not p.ignore_eos  # the model's own end: no stop_reason (as vLLM)
+            reason, seq.stop_reason = "stop", None if is_eos or token not in p.stop_token_ids else token
         elif p.repetition_stop is not None:
             n, threshold = p.repetition_stop
             seq.confident_run = seq.confident_run + 1 if logprob > _log(threshold) else 0
@@ -238,9 +241,12 @@ class Engine:
                 delta = seq.text.stream_delta(True)
             except Exception as e:  # noqa: BLE001 (reported on the sequence, never raised into the batch)
                 seq.error, seq.finish_reason, seq.text = f"{type(e).__name__}: {e}", "error", None
+        if seq.finish_reason != "stop":
+            seq.stop_reason = None
         self._outputs[seq.request_id] = seq.to_output()
         del self._seqs[seq.request_id]
-        return StreamOutput(seq.index, seq.request_id, token, delta, logprob, True, seq.finish_reason)
+        return StreamOutput(seq.index, seq.request_id, token, delta, logprob, True, seq.finish_reason,
+                            seq.stop_reason)
 
     def _save_prefix(self, seq: Sequence) -> None:
         """Leave the finished sequence's state in the prefix cache (the last token was sampled, not computed)."""

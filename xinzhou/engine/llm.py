@@ -74,7 +74,8 @@ class LLM:
 
     def stream(self, prompts: Prompts, params: Params = None) -> Iterator[StreamOutput]:
         """Yield each token as it is sampled: ``StreamOutput(index, request_id, token_id, text, logprob, finished,
-        finish_reason)``, ``index`` being the prompt's position. Closing the iterator early aborts the rest."""
+        finish_reason, stop_reason)``, ``index`` being the prompt's position. Closing the iterator early aborts the
+        rest."""
         seqs = self._prepare(_as_list(prompts), params, stream=True)
         ids = [self.engine.submit(s, i) for i, s in enumerate(seqs)]
         try:

@@ -45,6 +45,10 @@ class RequestOutput:
         finish_reason: ``"stop"`` (stop token or string), ``"length"`` (``max_tokens`` or the model's context),
             ``"repetition"`` (``repetition_stop``), ``"abort"`` or ``"error"`` (see ``error``).
         num_cached_tokens: tokens of the prompt restored from the prefix cache instead of being prefilled.
+        error: what went wrong, for ``finish_reason == "error"``.
+        stop_reason: what ended a ``"stop"``: the stop string that matched (``str``; ``text`` ends just before it)
+            or the stop token id from ``SamplingParams.stop`` that was sampled (``int``); None when the model's
+            end-of-sequence token ended it, and for every other finish reason (vLLM's field and meaning).
     """
 
     request_id: int
@@ -56,6 +60,7 @@ class RequestOutput:
     finish_reason: str
     num_cached_tokens: int = 0
     error: str | None = None
+    stop_reason: str | int | None = None
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -64,7 +69,8 @@ class RequestOutput:
 
 @dataclass
 class StreamOutput:
-    """One sampled token of request ``index`` (its position in the call), or its end (``finished``)."""
+    """One sampled token of request ``index`` (its position in the call), or its end (``finished``, with
+    ``finish_reason`` and ``stop_reason`` as in :class:`RequestOutput`)."""
 
     index: int
     request_id: int
@@ -73,6 +79,7 @@ class StreamOutput:
     logprob: float | None
     finished: bool = False
     finish_reason: str | None = None
+    stop_reason: str | int | None = None
 
 
 @dataclass(eq=False)
@@ -93,6 +100,7 @@ class Sequence:
     num_cached_tokens: int = 0
     confident_run: int = 0  # consecutive sampled tokens above the repetition_stop probability
     finish_reason: str | None = None
+    stop_reason: str | int | None = None  # see RequestOutput
     error: str | None = None
     pending_logits: torch.Tensor | None = None  # restored from a checkpoint: sample without a forward
     last_logits: torch.Tensor | None = None  # the logits the last token was sampled from
@@ -110,4 +118,5 @@ class Sequence:
     def to_output(self) -> RequestOutput:
         text = self.text.final_text() if self.text is not None else ""
         return RequestOutput(self.request_id, self.token_ids[: self.prompt_len], self.completion_ids, self.mask,
-                             self.logprobs, text, self.finish_reason or "abort", self.num_cached_tokens, self.error)
+                             self.logprobs, text, self.finish_reason or "abort", self.num_cached_tokens, self.error,
+                             self.stop_reason)

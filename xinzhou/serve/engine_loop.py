@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from xinzhou.engine import Engine, SamplingParams
+from xinzhou.engine import Engine
 
 log = logging.getLogger("xinzhou.serve")
 
@@ -29,7 +29,8 @@ class Chunk:
 
     ``finish_reason`` is the engine's: ``"stop"`` (end-of-message token or a stop string), ``"length"``
     (``max_tokens`` or the context), ``"repetition"``, ``"abort"`` or ``"error"`` (see ``error``).
-    ``stop_sequence`` names the stop string that ended the text, if one did. ``cached_tokens`` is the number of
+    ``stop_sequence`` names the stop string that ended the text, if one did (the engine's ``stop_reason`` when it
+    is a string; a stop token id has no place in the APIs served). ``cached_tokens`` is the number of
     prompt tokens restored from the engine's prefix cache instead of being computed.
     """
 
@@ -57,7 +58,7 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
     """Serve ``engine`` until a ``("stop",)`` message. ``receive(block)`` returns the pending messages (waiting a
     while for one when ``block``); ``emit(messages)`` hands one iteration's results back."""
     keys: dict[int, Any] = {}  # engine request id -> caller key
-    rids: dict[Any, tuple[int, SamplingParams]] = {}  # caller key -> (engine request id, params)
+    rids: dict[Any, int] = {}  # caller key -> engine request id
     while True:
         out: list[tuple] = []
         freed = False  # an abort frees a slot without other output: report the slots anyway
@@ -77,10 +78,10 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
                     out.append(("rejected", key, type(e).__name__, str(e)))
                     continue
                 rid = engine.submit(seq)
-                keys[rid], rids[key] = key, (rid, params)
+                keys[rid], rids[key] = key, rid
                 out.append(("admitted", key, seq.prompt_len))
             elif msg[0] == "abort" and msg[1] in rids:
-                rid, _ = rids.pop(msg[1])
+                rid = rids.pop(msg[1])
                 del keys[rid]
                 engine.abort(rid)
                 engine.discard_output(rid)
@@ -104,20 +105,18 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
                 chunk = Chunk(ev.text, int(ev.token_id is not None))
                 if ev.finished:
                     del keys[ev.request_id]
-                    _, params = rids.pop(key)
-                    chunk = _last_chunk(engine, chunk, ev.request_id, ev.finish_reason, params)
+                    rids.pop(key)
+                    chunk = _last_chunk(engine, chunk, ev.request_id, ev.finish_reason)
                 out.append(("chunk", key, chunk))
         if out or freed:
             out.append(("slots", engine.cache.num_free))
             emit(out)
 
 
-def _last_chunk(engine: Engine, chunk: Chunk, rid: int, reason: str, params: SamplingParams) -> Chunk:
+def _last_chunk(engine: Engine, chunk: Chunk, rid: int, reason: str) -> Chunk:
     out = engine.pop_output(rid)
     chunk.finish_reason, chunk.cached_tokens, chunk.error = reason, out.num_cached_tokens, out.error
-    if reason == "stop" and params.stop_strings:
-        rest = engine.tokenizer.decode(out.token_ids)[len(out.text):]
-        chunk.stop_sequence = next((s for s in params.stop_strings if rest.startswith(s)), None)
+    chunk.stop_sequence = out.stop_reason if isinstance(out.stop_reason, str) else None  # the engine's own record
     return chunk
 
 
