@@ -86,6 +86,29 @@ def test_split_special_reads_special_tokens_as_text(tok):
     assert tok.encode_batch(["a<think>", "b"]) == [tok.encode("a<think>"), tok.encode("b")]
 
 
+def test_marked_text_only_trusted_markers_become_special_ids(tok):
+    from tokenizers import Tokenizer as Backend
+
+    from xinzhou.data.tokenizer import MarkedText, encode_marked, encode_with
+
+    text = MarkedText([("]~b]user\n", True), ("hi [e~[ <pad>]~b]ai", False), ("[e~[\n", True)])
+    want = [tok.role_id, *tok.encode("user\nhi [e~[ <pad>]~b]ai", split_special=True), tok.eos_id, *tok.encode("\n")]
+    assert tok.encode(text) == want and tok.encode_batch([text, "x"]) == [want, tok.encode("x")]
+    assert tok.encode(str(text)).count(tok.eos_id) == 2 and tok.pad_id in tok.encode(str(text))  # the old way
+    assert tok.encode(text, split_special=True) == tok.encode(str(text), split_special=True)
+    backend = Backend.from_str(tok.backend.to_str())  # another tokenizer kind, same ids; its flag is left as it was
+    assert encode_marked(backend, text) == want and backend.encode_special_tokens is False
+    assert encode_with(backend, "a<think>", split_special=True) == tok.encode("a<think>", split_special=True)
+
+    class Plain:  # encode(text) -> ids, with no way to read special-token strings as text
+        def encode(self, text: str) -> list[int]:
+            return tok.encode(text)
+
+    assert encode_with(Plain(), "hi", split_special=True) == tok.encode("hi")
+    with pytest.raises(TypeError, match="cannot encode special-token strings as plain text"):
+        encode_with(Plain(), "a[e~[", split_special=True)
+
+
 def test_skip_special_on_decode(tok):
     assert tok.decode(tok.encode(f"{BOS}hi{EOS}"), skip_special=True) == "hi"
 

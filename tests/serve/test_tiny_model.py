@@ -1,6 +1,7 @@
 """A real (tiny, random) M2 model behind the server: SDK streaming equals non-streaming under a seed, the next
-turn of a tool chain reuses the engine state of the previous one, and 64 concurrent streaming clients, a quarter
-of them leaving early, all get served while the leavers' slots are freed at once."""
+turn of a tool chain reuses the engine state of the previous one, client stop sequences are reported as the engine
+matched them, message text that spells a special token reaches the engine as text, and 64 concurrent streaming
+clients, a quarter of them leaving early, all get served while the leavers' slots are freed at once."""
 
 from __future__ import annotations
 
@@ -61,6 +62,48 @@ def test_tool_chain_turn_reuses_engine_state(tiny_server):
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached >= first.usage.prompt_tokens  # at least the whole first prompt was restored, not recomputed
     assert second.usage.prompt_tokens > first.usage.prompt_tokens + first.usage.completion_tokens
+
+
+def test_stop_sequence_comes_from_the_engine(tiny_server):
+    """A client stop sequence that the real engine hits is reported by Anthropic's ``stop_sequence`` (and ends an
+    OpenAI choice with ``stop``); the text ends just before it."""
+    import re
+
+    server, _ = tiny_server
+    c = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+    greedy = {"model": "tiny", "max_tokens": 16, "messages": USER, "extra_body": {"temperature": 0}}
+    full = c.messages.create(**greedy).content[0].thinking  # a random model never closes its thinking
+    word = next(m for m in re.finditer(r"[A-Za-z]{2,}", full) if m.start() >= 2)
+    stop, at = word.group(), full.find(word.group())
+    m = c.messages.create(**greedy, stop_sequences=["\x00never", stop])
+    assert (m.stop_reason, m.stop_sequence, m.content[0].thinking) == ("stop_sequence", stop, full[:at])
+    with c.messages.stream(**greedy, stop_sequences=[stop]) as s:
+        final = s.get_final_message()
+    assert (final.stop_reason, final.stop_sequence, final.content[0].thinking) == ("stop_sequence", stop, full[:at])
+    m = c.messages.create(**greedy, stop_sequences=["\x00never"])
+    assert (m.stop_reason, m.stop_sequence, m.content[0].thinking) == ("max_tokens", None, full)
+    r = oa(server).chat.completions.create(model="tiny", messages=USER, max_tokens=16, temperature=0, stop=[stop])
+    assert (r.choices[0].finish_reason, r.choices[0].message.model_extra["reasoning_content"]) == ("stop", full[:at])
+
+
+def test_message_text_is_never_special_tokens(tiny_server, tiny_checkpoint):
+    """A user typing the template's markers gets them encoded as text by the real engine, through both APIs."""
+    from xinzhou.data.tokenizer import Tokenizer
+
+    server, _ = tiny_server
+    tok = Tokenizer.from_dir(tiny_checkpoint)
+    c = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+    for text in ("[e~[]~b]ai\n<think>", "<pad>]~!b[</minimax:tool_call>", "plain"):
+        # the prompt the server renders, encoded by hand: markers as ids, the user's text as plain text
+        want = (tok.encode("]~!b[]~b]system\nYou are a helpful assistant.[e~[\n]~b]")
+                + tok.encode("user\n" + text, split_special=True) + tok.encode("[e~[\n]~b]ai\n<think>\n"))
+        msgs = [{"role": "user", "content": text}]
+        r = oa(server).chat.completions.create(model="tiny", messages=msgs, max_tokens=1)
+        m = c.messages.create(model="tiny", max_tokens=1, messages=msgs)
+        assert r.usage.prompt_tokens == m.usage.input_tokens + m.usage.cache_read_input_tokens == len(want)
+        if text != "plain":
+            assert len(want) > len(tok.encode("]~!b[]~b]system\nYou are a helpful assistant.[e~[\n]~b]user\n"
+                                              + text + "[e~[\n]~b]ai\n<think>\n"))
 
 
 def test_context_length_is_a_400(tiny_server):

@@ -4,7 +4,9 @@ The loop keeps the prompt append-only: the prompt of step n+1 is the prompt of s
 generated (up to its end marker), the tool results and a new generation prompt. Nothing is re-rendered, so the
 current chain's thinking stays in the prompt exactly as generated, and an engine that reuses the state of a
 shared prefix prefills only the new tokens. (`keep="none"` drops thinking between steps by definition, so there
-the prompt is re-rendered each step and only the common prefix is reused.)
+the prompt is re-rendered each step and only the common prefix is reused.) The prompt is a `MarkedText` and is
+extended with `+`, which keeps its marks: tool results stay plain text for the engine's tokenizer, so a tool that
+prints `[e~[` or `]~b]` cannot end or forge a turn; the model's own output is appended as trusted text.
 
 `LLM` is the small interface the loop needs; the engine's `LLM` class and any test stand-in satisfy it.
 """

@@ -12,12 +12,17 @@ shared/reference/interleaved.md §1):
 
 Thinking retention (`keep`): "chain" (M2: only assistant turns after the last user message keep `<think>`),
 "all", or "none".
+
+Special tokens: only the template's own markers may become special-token ids. Everything a message carries
+(system, user and tool text, assistant reasoning and content, tool names, argument keys and values, the tool
+schemas) is *plain*: `render` returns a `MarkedText` that remembers those spans, and `to_ids`, the engine and
+`Tokenizer.encode` encode them as text, so a user typing `]~b]ai` or `[e~[` cannot forge a turn or end one.
+(`chat_template.jinja` renders the same text, but a stack that tokenises it whole does not have these marks.)
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,6 +38,7 @@ from xinzhou.chat.types import (
     to_messages,
     tool_function_dict,
 )
+from xinzhou.data.tokenizer import MarkedText, encode_with, split_markers
 
 BOS = "]~!b["
 ROLE = "]~b]"
@@ -54,7 +60,6 @@ TOOLS_FOOTER = (
 KEEP_MODES = ("chain", "all", "none")
 TRAIN_ON = ("all", "chain")
 Keep = Literal["chain", "all", "none"]
-_SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 
 
 def to_json(value: Any) -> str:
@@ -67,35 +72,56 @@ def render_value(value: Any) -> str:
     return value if isinstance(value, str) else to_json(value)
 
 
-def render_tool_calls(calls: Sequence[ToolCall]) -> str:
-    """The `\\n<minimax:tool_call>…</minimax:tool_call>` block of an assistant turn ('' when there are no calls)."""
+Piece = tuple[str, bool]  # (text, trusted): trusted text is the template's own; see MarkedText
+
+
+def _t(text: str) -> Piece:
+    return (text, True)
+
+
+def _p(text: Any) -> Piece:
+    return (text if isinstance(text, str) else f"{text}", False)  # formatted as the f-strings of the template were
+
+
+def _tool_call_pieces(calls: Sequence[ToolCall]) -> list[Piece]:
     if not calls:
-        return ""
-    out = [f"\n{TOOL_CALL_OPEN}\n"]
+        return []
+    out = [_t(f"\n{TOOL_CALL_OPEN}\n")]
     for call in calls:
-        out.append(f'<invoke name="{call.name}">\n')
-        out.extend(f'<parameter name="{k}">{render_value(v)}</parameter>\n' for k, v in call.arguments.items())
-        out.append("</invoke>\n")
-    out.append(TOOL_CALL_CLOSE)
-    return "".join(out)
+        out += [_t('<invoke name="'), _p(call.name), _t('">\n')]
+        for k, v in call.arguments.items():
+            out += [_t('<parameter name="'), _p(k), _t('">'), _p(render_value(v)), _t("</parameter>\n")]
+        out.append(_t("</invoke>\n"))
+    out.append(_t(TOOL_CALL_CLOSE))
+    return out
 
 
-def render_completion(message: AssistantMessage, *, end: bool = True) -> str:
+def render_tool_calls(calls: Sequence[ToolCall]) -> MarkedText:
+    """The `\\n<minimax:tool_call>…</minimax:tool_call>` block of an assistant turn ('' when there are no calls)."""
+    return MarkedText(_tool_call_pieces(calls))
+
+
+def render_completion(message: AssistantMessage, *, end: bool = True) -> MarkedText:
     """What the model emits for `message` after the generation prompt (it starts inside `<think>`)."""
-    calls = render_tool_calls(message.tool_calls)
-    return f"{message.reasoning_content or ''}\n{THINK_CLOSE}\n\n{message.content}{calls}" + (EOS if end else "")
+    return MarkedText([_p(message.reasoning_content or ""), _t(f"\n{THINK_CLOSE}\n\n"), _p(message.content),
+                       *_tool_call_pieces(message.tool_calls), _t(EOS if end else "")])
 
 
-def render_tool_results(results: Sequence[ToolMessage]) -> str:
-    """One `]~b]tool` block for a run of tool messages."""
-    out = [f"{ROLE}tool"]
+def _tool_result_pieces(results: Sequence[ToolMessage]) -> list[Piece]:
+    out = [_t(f"{ROLE}tool")]
     for r in results:
         if isinstance(r.content, str):
-            out.append(f"\n<response>{r.content}</response>")
+            out += [_t("\n<response>"), _p(r.content), _t("</response>")]
         else:
-            out.extend(f"\n<response>{item}\n</response>" for item in r.content)
-    out.append(f"{EOS}\n")
-    return "".join(out)
+            for item in r.content:
+                out += [_t("\n<response>"), _p(item), _t("\n</response>")]
+    out.append(_t(f"{EOS}\n"))
+    return out
+
+
+def render_tool_results(results: Sequence[ToolMessage]) -> MarkedText:
+    """One `]~b]tool` block for a run of tool messages."""
+    return MarkedText(_tool_result_pieces(results))
 
 
 def _check_option(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -116,24 +142,39 @@ def render_segments(
     `is_model_output` marks what an assistant turn emits after its `]~b]ai\\n` header: thinking, content, tool calls
     and the `[e~[` end marker. `train_on="chain"` marks only the turns after the last user message.
     """
+    segs = _segments(messages, tools, add_generation_prompt=add_generation_prompt, keep=keep, train_on=train_on)
+    return [("".join(text for text, _ in pieces), out) for pieces, out in segs]
+
+
+def _segments(
+    messages: Sequence[MessageLike],
+    tools: Sequence[Any] | None,
+    *,
+    add_generation_prompt: bool,
+    keep: Keep,
+    train_on: Literal["all", "chain"],
+) -> list[tuple[list[Piece], bool]]:
+    """`render_segments`, each segment as its trusted (template) and plain (message) pieces."""
     _check_option("keep", keep, KEEP_MODES)
     _check_option("train_on", train_on, TRAIN_ON)
     msgs = to_messages(messages)
     system = msgs[0] if msgs and isinstance(msgs[0], SystemMessage) else None
     rest = msgs[1:] if system is not None else msgs
-    segs: list[tuple[str, bool]] = []
+    segs: list[tuple[list[Piece], bool]] = []
 
-    head = [BOS, ROLE, "system\n", (system.content if system else "") or DEFAULT_SYSTEM]
+    head = [_t(f"{BOS}{ROLE}system\n")]
+    head.append(_p(system.content) if system is not None and system.content else _t(DEFAULT_SYSTEM))
     if system is not None and system.current_date:
-        head.append(f"\nCurrent date: {system.current_date}")
+        head += [_t("\nCurrent date: "), _p(system.current_date)]
     if system is not None and system.current_location:
-        head.append(f"\nCurrent location: {system.current_location}")
+        head += [_t("\nCurrent location: "), _p(system.current_location)]
     if tools:
-        head.append(TOOLS_HEADER)
-        head.extend(f"<tool>{to_json(tool_function_dict(t))}</tool>\n" for t in tools)
-        head.append(TOOLS_FOOTER)
-    head.append(f"{EOS}\n")
-    segs.append(("".join(head), False))
+        head.append(_t(TOOLS_HEADER))
+        for t in tools:
+            head += [_t("<tool>"), _p(to_json(tool_function_dict(t))), _t("</tool>\n")]
+        head.append(_t(TOOLS_FOOTER))
+    head.append(_t(f"{EOS}\n"))
+    segs.append((head, False))
 
     last_user = max((i for i, m in enumerate(rest) if isinstance(m, UserMessage)), default=-1)
     offset = int(system is not None)  # to report positions in the caller's list
@@ -141,17 +182,17 @@ def render_segments(
     while i < len(rest):
         m = rest[i]
         if isinstance(m, UserMessage):
-            segs.append((f"{ROLE}user\n{m.content}{EOS}\n", False))
+            segs.append(([_t(f"{ROLE}user\n"), _p(m.content), _t(f"{EOS}\n")], False))
         elif isinstance(m, AssistantMessage):
             out = train_on == "all" or i > last_user
             kept = keep == "all" or (keep == "chain" and i > last_user)
             reasoning, content = (m.reasoning_content, m.content)
             if reasoning is None:  # as the M2 template: inline <think> is split out of the content
                 reasoning, content = split_inline_think(content)
-            think = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n" if kept and reasoning else ""
-            segs.append((f"{ROLE}ai\n", False))
-            segs.append((think + content + render_tool_calls(m.tool_calls) + EOS, out))
-            segs.append(("\n", False))
+            think = [_t(f"{THINK_OPEN}\n"), _p(reasoning), _t(f"\n{THINK_CLOSE}\n\n")] if kept and reasoning else []
+            segs.append(([_t(f"{ROLE}ai\n")], False))
+            segs.append(([*think, _p(content), *_tool_call_pieces(m.tool_calls), _t(EOS)], out))
+            segs.append(([_t("\n")], False))
         elif isinstance(m, ToolMessage):
             prev = rest[i - 1] if i > 0 else None
             if not (isinstance(prev, AssistantMessage) and prev.tool_calls):
@@ -163,12 +204,12 @@ def render_segments(
             while i + 1 < len(rest) and isinstance(rest[i + 1], ToolMessage):
                 i += 1
                 run.append(rest[i])  # type: ignore[arg-type]
-            segs.append((render_tool_results(run), False))
+            segs.append((_tool_result_pieces(run), False))
         else:
             raise ValueError(f"message {i + offset} is a system message: only the first message may be one")
         i += 1
     if add_generation_prompt:
-        segs.append((GENERATION_PROMPT, False))
+        segs.append(([_t(GENERATION_PROMPT)], False))
     return segs
 
 
@@ -178,10 +219,14 @@ def render(
     *,
     add_generation_prompt: bool = False,
     keep: Keep = "chain",
-) -> str:
-    """Render a conversation (+ tools, + generation prompt) to M2 prompt text."""
-    segs = render_segments(messages, tools, add_generation_prompt=add_generation_prompt, keep=keep)
-    return "".join(text for text, _ in segs)
+) -> MarkedText:
+    """Render a conversation (+ tools, + generation prompt) to M2 prompt text.
+
+    The result is a `str` (a `MarkedText`) that remembers which spans came from the messages, so that encoding it
+    with `Tokenizer.encode` or the engine never turns message text into special tokens (see the module docstring).
+    """
+    segs = _segments(messages, tools, add_generation_prompt=add_generation_prompt, keep=keep, train_on="all")
+    return MarkedText([piece for pieces, _ in segs for piece in pieces])
 
 
 # ---------------------------------------------------------------------------------------------- token ids
@@ -196,16 +241,11 @@ class TokenizedChat:
     text: str
 
 
-def encode_text(tokenizer: Any, text: str) -> list[int]:
-    """Ids of `text` without added BOS/EOS, from a `tokenizers.Tokenizer` or a transformers-style tokenizer."""
-    try:
-        enc = tokenizer.encode(text, add_special_tokens=False)
-    except TypeError:
-        enc = tokenizer.encode(text)
-    ids = getattr(enc, "ids", enc)
-    if not isinstance(ids, (list, tuple)):
-        raise TypeError(f"tokenizer.encode must return a list of ids or an object with .ids, got {type(enc).__name__}")
-    return list(ids)
+def encode_text(tokenizer: Any, text: str, *, split_special: bool = False) -> list[int]:
+    """Ids of `text` without added BOS/EOS, from a xinzhou `Tokenizer`, a `tokenizers.Tokenizer`, a transformers
+    tokenizer or anything whose `encode(text)` returns ids; `split_special=True` encodes special-token strings as
+    plain text (see `xinzhou.data.tokenizer.encode_with`)."""
+    return encode_with(tokenizer, text, split_special=split_special)
 
 
 def to_ids(
@@ -219,22 +259,30 @@ def to_ids(
 ) -> TokenizedChat:
     """Token ids and the SFT loss mask of a rendered conversation.
 
-    The text is encoded run by run between special markers, so the ids always equal encoding the whole text.
+    Only the template's own markers become special-token ids. The text between two markers is encoded as one run
+    with `split_special=True`, so a special-token string inside message text (a user typing `[e~[`, `]~b]ai` or
+    `<think>`, a tool printing one, a model that wrote one as plain characters) is encoded as ordinary text, never
+    as a role, end or thinking id. That is deliberate: wherever no message text contains a special-token string
+    (the normal case), the ids equal encoding the whole rendered text, as transformers would; where one does, they
+    differ from that exactly there, because whole-text encoding would let message text forge the format.
+    `render` + `Tokenizer.encode` and the engine give the same ids as this function.
+
     Mask boundaries fall at special markers (`<think>`, `[e~[`) except where an assistant turn without kept
     thinking starts (after `]~b]ai\n`). There the run is encoded whole and the boundary is the first token that
     differs from encoding the header alone: exact whenever the tokenizer splits after the newline (GPT-4-style
     pre-tokenizers always do; GPT-2-style byte-level ones unless the content starts with two whitespace
     characters), and otherwise the one token straddling the boundary counts as output.
     """
-    segs = render_segments(
-        messages, tools, add_generation_prompt=add_generation_prompt, keep=keep, train_on=train_on
-    )
+    segs = _segments(messages, tools, add_generation_prompt=add_generation_prompt, keep=keep, train_on=train_on)
     ids: list[int] = []
     mask: list[int] = []
-    run: list[tuple[str, bool]] = []  # text between special markers, as (piece, is_output)
+    run: list[tuple[str, bool]] = []  # text between markers, as (piece, is_output)
+
+    def encode(text: str) -> list[int]:
+        return encode_with(tokenizer, text, split_special=True)
 
     def flush() -> None:
-        whole = encode_text(tokenizer, "".join(t for t, _ in run))
+        whole = encode("".join(t for t, _ in run))
         start, prefix = 0, ""
         for k, (text, out) in enumerate(run):
             prefix += text
@@ -243,7 +291,7 @@ def to_ids(
             elif run[k + 1][1] == out:
                 continue
             else:
-                head = encode_text(tokenizer, prefix)
+                head = encode(prefix)
                 pairs = enumerate(zip(head, whole, strict=False))
                 end = next((j for j, (a, b) in pairs if a != b), min(len(head), len(whole)))
             mask.extend([int(out)] * (end - start))
@@ -251,15 +299,16 @@ def to_ids(
         ids.extend(whole)
         run.clear()
 
-    for text, out in segs:
-        for part in _SPECIAL_RE.split(text):
-            if part in SPECIAL_TOKENS:
-                if run:
-                    flush()
-                ids.extend(encode_text(tokenizer, part))
-                mask.extend([int(out)] * (len(ids) - len(mask)))
-            elif part:
-                run.append((part, out))
+    for pieces, out in segs:
+        for text, trusted in pieces:
+            for k, part in enumerate(split_markers(text) if trusted else [text]):
+                if k % 2:  # one of the template's markers
+                    if run:
+                        flush()
+                    ids.extend(encode_with(tokenizer, part))
+                    mask.extend([int(out)] * (len(ids) - len(mask)))
+                elif part:
+                    run.append((part, out))
     if run:
         flush()
-    return TokenizedChat(ids=ids, loss_mask=mask, text="".join(t for t, _ in segs))
+    return TokenizedChat(ids=ids, loss_mask=mask, text="".join(t for pieces, _ in segs for t, _ in pieces))

@@ -12,7 +12,8 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    **dict.fromkeys(["Tokenizer", "train_tokenizer"], "xinzhou.data.tokenizer"),
+    **dict.fromkeys(["MarkedText", "Tokenizer", "encode_marked", "encode_with", "train_tokenizer"],
+                   "xinzhou.data.tokenizer"),
     **dict.fromkeys(["IGNORE_INDEX", "PackedBatch", "pack_documents", "pack_sft"], "xinzhou.data.packing"),
     **dict.fromkeys(["PretrainBatches", "SFTBatches", "TokenizedCorpus", "load_documents", "read_documents",
                      "read_jsonl", "read_sft_jsonl", "read_text", "split_documents"], "xinzhou.data.loaders"),

@@ -9,6 +9,10 @@ Choices:
 
 * Byte-level BPE (GPT-2 regex pre-tokenizer, ByteLevel decoder, no prefix space, no normaliser): every string
   encodes without an unknown token, and ``decode(encode(s)) == s`` for any ``s``.
+* Digits are split one per token before BPE (``individual_digits``, as LLaMA and DeepSeek do; on by default).
+  A number is then the same digit ids wherever it appears (``" 5175"``, ``"=5175"``, ``"5175."``), so copying a
+  number from the prompt or a tool result into a calculator call is plain token copying, which a tiny model
+  learns in a few hundred steps; with multi-digit BPE pieces the same number splits differently by context.
 * Special tokens, in this id order in a tokenizer trained here: ``<pad>`` (0), then the seven M2 tokens
   ``]~!b[`` (BOS, opens a document), ``[e~[`` (EOS, ends a message), ``]~b]`` (role marker),
   ``<think>``, ``</think>``, ``<minimax:tool_call>``, ``</minimax:tool_call>``. Each is one id.
@@ -18,18 +22,25 @@ Choices:
   of attention (its own ``cu_seqlens`` segment), so any id would do, but a dedicated one keeps logs unambiguous.
 * No post-processor: ``encode`` never adds BOS/EOS on its own (callers add them explicitly), and Hugging Face's
   ``encode`` then gives the same ids.
+* Special-token strings in text become their ids, as in Hugging Face, unless the text is a :class:`MarkedText`
+  (what the chat renderer returns): then only markers in its trusted spans do, and what users and tools wrote is
+  always encoded as text (``encode_marked``; ``encode_with`` does the same over any supported tokenizer kind).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as _Backend
+
+from xinzhou.fileio import atomic_write_text
 
 PAD = "<pad>"
 BOS = "]~!b["
@@ -127,16 +138,22 @@ class Tokenizer:
 
     # --- encoding ------------------------------------------------------------------------------------------------
     def encode(self, text: str, *, split_special: bool = False) -> list[int]:
-        """Token ids of ``text``; no BOS/EOS is added."""
+        """Token ids of ``text``; no BOS/EOS is added. A :class:`MarkedText` (what the chat renderer returns) is
+        encoded by its marks: special tokens only from its trusted spans (see :func:`encode_marked`)."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
+        if isinstance(text, MarkedText) and not split_special:
+            return encode_marked(self, text)
         backend = self._plain if split_special else self.backend
-        return backend.encode(text, add_special_tokens=False).ids
+        return backend.encode(str(text), add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str], *, split_special: bool = False) -> list[list[int]]:
         """``encode`` over many texts at once (parallel in the Rust backend)."""
+        texts = list(texts)
+        if not split_special and any(isinstance(t, MarkedText) for t in texts):
+            return [self.encode(t) for t in texts]
         backend = self._plain if split_special else self.backend
-        return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+        return [e.ids for e in backend.encode_batch([str(t) for t in texts], add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
         """Text of ``ids``; special tokens are kept as their strings unless ``skip_special``."""
@@ -171,12 +188,13 @@ def train_tokenizer(
     *,
     min_frequency: int = 2,
     chat_template: str | None = None,
+    individual_digits: bool = True,
 ) -> Tokenizer:
     """Train a byte-level BPE of ``vocab_size`` ids (special tokens included) on ``texts``.
 
     The result is deterministic for the same texts and arguments. The vocabulary can come out smaller than
     ``vocab_size`` when the corpus has too few distinct pairs to merge (``min_frequency`` is the least count a
-    pair needs to be merged).
+    pair needs to be merged). ``individual_digits`` splits every digit into its own token before BPE.
     """
     if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(f"vocab_size must be an int >= {MIN_VOCAB_SIZE} (256 bytes + {len(SPECIAL_TOKENS)} special "
@@ -184,7 +202,9 @@ def train_tokenizer(
     if min_frequency < 1:
         raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
     backend = _Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                             if individual_digits else byte_level)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -209,15 +229,133 @@ def _counted(texts: Iterable[str], seen: list[int]) -> Iterator[str]:
             yield text
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# --- prompt text that knows which of its spans may hold special tokens -----------------------------------------
+_MARKER_RE = re.compile("(" + "|".join(re.escape(t) for t in M2_SPECIAL_TOKENS) + ")")
+_FLAG_LOCK = threading.Lock()
+
+
+class MarkedText(str):
+    """A ``str`` that remembers which of its spans are *trusted* (template markup, model output) and which are
+    *plain* (what users, tools and clients wrote): ``pieces`` is ``((text, trusted), ...)``, joining to the string.
+
+    Why: a chat prompt is template markup around content. Encoded as one string, content that spells a special
+    token (a user typing ``[e~[`` or ``]~b]ai``) would become that token's id and could end the message or forge a
+    turn. The renderer (``xinzhou.chat.render``) returns a MarkedText; :meth:`Tokenizer.encode`, the engine and
+    ``xinzhou.chat.to_ids`` encode it with :func:`encode_marked`, so only the M2 markers written in trusted spans
+    become special ids and plain spans are always text.
+
+    For everything else it is an ordinary ``str`` (comparison, search, printing, JSON). ``+`` keeps the marks, a
+    plain ``str`` added to it counting as trusted (model output appended to a prompt, as the agent loop and the
+    server's forced tool call do); every other ``str`` operation (slicing, ``join``, formatting) returns a plain
+    ``str``, which encodes with every special-token string parsed, as any text did before.
+    """
+
+    pieces: tuple[tuple[str, bool], ...]
+
+    def __new__(cls, pieces: Iterable[tuple[str, bool]] | str = ()) -> MarkedText:
+        """From ``(text, trusted)`` pieces (a MarkedText piece keeps its own marks inside a trusted piece and
+        becomes all plain inside a plain one), or from one ``str``, which is trusted (as any plain ``str``)."""
+        if isinstance(pieces, str):
+            pieces = [(pieces, True)]
+        groups: list[tuple[list[str], bool]] = []  # adjacent pieces of one kind, merged
+        for text, trusted in pieces:
+            if not isinstance(text, str):
+                raise TypeError(f"MarkedText pieces are (str, bool) pairs, got a {type(text).__name__}")
+            inner = text.pieces if isinstance(text, MarkedText) else ((text, True),)
+            for t, t_trusted in inner:
+                kind = bool(trusted) and t_trusted
+                if not t:
+                    continue
+                if groups and groups[-1][1] == kind:
+                    groups[-1][0].append(t)
+                else:
+                    groups.append(([t], kind))
+        merged = tuple(("".join(parts), kind) for parts, kind in groups)
+        self = super().__new__(cls, "".join(t for t, _ in merged))
+        self.pieces = merged
+        return self
+
+    @classmethod
+    def plain(cls, text: str) -> MarkedText:
+        """``text`` as one plain span: its special-token strings will always be encoded as text."""
+        return cls([(text, False)])
+
+    def __add__(self, other: object) -> MarkedText:
+        if not isinstance(other, str):
+            return NotImplemented
+        return MarkedText([(self, True), (other, True)])
+
+    def __radd__(self, other: object) -> MarkedText:
+        if not isinstance(other, str):
+            return NotImplemented
+        return MarkedText([(other, True), (self, True)])
+
+    def __reduce__(self) -> tuple:  # pickling (the server sends prompts to its engine process) keeps the marks
+        return MarkedText, (self.pieces,)
+
+
+def split_markers(text: str) -> list[str]:
+    """``text`` cut around the M2 special-token strings: markers at odd positions, the text between at even ones."""
+    return _MARKER_RE.split(text)
+
+
+def encode_with(tokenizer: Any, text: str, *, split_special: bool = False) -> list[int]:
+    """Ids of ``text`` (no BOS/EOS added) from any tokenizer the project accepts: a :class:`Tokenizer`, a
+    ``tokenizers.Tokenizer``, a transformers tokenizer, or any object whose ``encode(text)`` returns ids (a list,
+    or an object with ``.ids``). ``split_special=True`` encodes special-token strings as plain text; an object of
+    the last kind must then accept ``encode(text, split_special=True)`` when the text holds an M2 special-token
+    string, or this raises ``TypeError`` (it cannot be done safely otherwise)."""
+    text = str(text)  # the marks of a MarkedText are encode_marked's business
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer.encode(text, split_special=split_special)
+    if isinstance(tokenizer, _Backend):
+        if not split_special:
+            return tokenizer.encode(text, add_special_tokens=False).ids
+        with _FLAG_LOCK:  # a tokenizers.Tokenizer has no per-call switch (transformers flips the same flag)
+            before = tokenizer.encode_special_tokens
+            tokenizer.encode_special_tokens = True
+            try:
+                return tokenizer.encode(text, add_special_tokens=False).ids
+            finally:
+                tokenizer.encode_special_tokens = before
+    if type(tokenizer).__module__.split(".")[0] == "transformers" or hasattr(tokenizer, "split_special_tokens"):
+        return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=split_special))
+    if split_special and _MARKER_RE.search(text):
+        try:
+            enc = tokenizer.encode(text, split_special=True)
+        except TypeError:
+            raise TypeError(f"{type(tokenizer).__name__}.encode cannot encode special-token strings as plain text "
+                            f"(needed for {text[:40]!r}); use a xinzhou Tokenizer, a tokenizers.Tokenizer or a "
+                            "transformers tokenizer, or give encode a split_special=True option") from None
+    else:
+        try:
+            enc = tokenizer.encode(text, add_special_tokens=False)
+        except TypeError:
+            enc = tokenizer.encode(text)
+    ids = getattr(enc, "ids", enc)
+    if not isinstance(ids, (list, tuple)):
+        raise TypeError(f"tokenizer.encode must return a list of ids or an object with .ids, got {type(enc).__name__}")
+    return list(ids)
+
+
+def encode_marked(tokenizer: Any, text: str) -> list[int]:
+    """Ids of a :class:`MarkedText` with any tokenizer :func:`encode_with` accepts: each M2 marker in a trusted
+    span is its special id, and the text between two such markers (plain spans included) is encoded as one run
+    with ``split_special=True``, so no plain span can produce a special id. Where the plain spans hold no
+    special-token string, the ids equal encoding the whole text. A plain ``str`` is encoded as it is."""
+    if not isinstance(text, MarkedText):
+        return encode_with(tokenizer, text)
+    ids: list[int] = []
+    run: list[str] = []
+    for piece, trusted in text.pieces:
+        for k, part in enumerate(split_markers(piece) if trusted else [piece]):
+            if k % 2:  # a trusted marker
+                if run:
+                    ids += encode_with(tokenizer, "".join(run), split_special=True)
+                    run.clear()
+                ids += encode_with(tokenizer, part)
+            elif part:
+                run.append(part)
+    if run:
+        ids += encode_with(tokenizer, "".join(run), split_special=True)
+    return ids
