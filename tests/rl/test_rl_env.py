@@ -103,3 +103,19 @@ def test_token_level_episode_masks_only_model_output() -> None:
     ids = batch.input_ids_BT[0][batch.loss_mask_BT[0].bool()].tolist()
     assert "".join(map(chr, ids)) == "".join(completions)
     assert batch.rewards_B.tolist() == [1.0, 1.0]
+
+
+def test_mixed_difficulties_pick_by_seed_and_validate() -> None:
+    from xinzhou.rl.env import TaskEnv
+
+    env = TaskEnv("arithmetic", (1, 2))
+    calls = {}
+    for seed in range(6):
+        env.reset(seed)
+        assert env.difficulty == (1, 2)[seed % 2]
+        calls[seed] = len(env.task.steps(env.problem))
+    assert {calls[s] for s in range(0, 6, 2)} == {2} and {calls[s] for s in range(1, 6, 2)} == {3}
+    with pytest.raises(ValueError):
+        TaskEnv("arithmetic", ())
+    with pytest.raises(ValueError):
+        TaskEnv("arithmetic", (1, 99))

@@ -45,6 +45,7 @@ class RLConfig:
     model: str = "runs/sft/export"  # Hugging Face checkpoint directory with tokenizer.json (the SFT policy)
     task: str = "arithmetic"  # a bundled task (xinzhou.tasks.TASKS)
     difficulty: int = 1
+    difficulties: tuple[int, ...] = ()  # train on a mix (each problem seed picks one); empty: just `difficulty`
     # objective
     objective: str = "cispo"  # xinzhou.rl.OBJECTIVES: cispo, dapo, grpo, gspo
     eps_low: float | None = None  # None: the objective's default (cispo: no lower bound; dapo/grpo 0.2)
@@ -121,6 +122,8 @@ class RLConfig:
         get_objective(self.objective)(z, z, torch.zeros(1), z + 1, **self.objective_options())  # bad values
         task = get_task(self.task)  # unknown task: lists the valid ones
         task.check_difficulty(self.difficulty)
+        for d in self.difficulties:
+            task.check_difficulty(d)
         if self.eval_difficulty:
             task.check_difficulty(self.eval_difficulty)
         for name, options in (("aggregation", AGGREGATIONS), ("advantage_scale", ADVANTAGE_SCALES),
@@ -155,6 +158,9 @@ class RLConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run in out_dir, or start over")
+
+    def __post_init__(self) -> None:
+        self.difficulties = tuple(self.difficulties)  # JSON gives a list back
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -72,12 +72,17 @@ class TaskEnv:
     final answer and is scored by the task's verifier. More than `max_turns` model turns ends the episode with
     reward 0 and `info["truncated"] = True`."""
 
-    def __init__(self, task: Task | str, difficulty: int = 1, *, max_turns: int = 8) -> None:
+    def __init__(self, task: Task | str, difficulty: int | Sequence[int] = 1, *, max_turns: int = 8) -> None:
         self.task = get_task(task) if isinstance(task, str) else task
-        self.task.check_difficulty(difficulty)
+        # several difficulties: each problem seed picks one (seed % len), so a GRPO group shares its difficulty
+        self.difficulties = (difficulty,) if isinstance(difficulty, int) else tuple(difficulty)
+        if not self.difficulties:
+            raise ValueError("difficulty: give an int or a non-empty sequence of ints")
+        for d in self.difficulties:
+            self.task.check_difficulty(d)
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
-        self.difficulty = difficulty
+        self.difficulty = self.difficulties[0]
         self.max_turns = max_turns
         self.registry = ToolRegistry(self.task.tools())
         self.problem: Problem | None = None
@@ -89,6 +94,7 @@ class TaskEnv:
         return self.registry.specs()
 
     def reset(self, seed: int) -> list[Message]:
+        self.difficulty = self.difficulties[seed % len(self.difficulties)]
         self.problem = self.task.generate(seed, self.difficulty)
         self.turns = self.calls = 0
         return [SystemMessage(self.task.system_prompt), UserMessage(self.problem.prompt)]

@@ -161,7 +161,8 @@ class RLRun:
             draws[0] += 1
             seeds, groups = self.problems(step, d)
             trajs = collect_trajectories(
-                self.generator.llm, self.env, seeds, cfg.group_size, self.params, difficulty=cfg.difficulty,
+                self.generator.llm, self.env, seeds, cfg.group_size, self.params,
+                difficulty=cfg.difficulties or cfg.difficulty,
                 max_turns=cfg.max_turns, max_tokens=cfg.max_tokens, max_turn_tokens=cfg.max_turn_tokens,
                 sample_seed=mix_seed(cfg.seed, step, d), tokenizer=self.tokenizer, group_ids=groups)
             for k, v in rollout_stats(trajs, cfg.success_threshold).items():
@@ -211,7 +212,7 @@ def _check_out_dir(cfg: RLConfig) -> None:
 def _start_out_dir(cfg: RLConfig, info: DistInfo) -> None:
     import shutil  # noqa: PLC0415
 
-    from xinzhou.data.tokenizer import atomic_write_text  # noqa: PLC0415
+    from xinzhou.fileio import atomic_write_text  # noqa: PLC0415
 
     out = Path(cfg.out_dir)
     if info.is_main and not cfg.resume:

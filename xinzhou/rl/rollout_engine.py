@@ -47,7 +47,7 @@ OVERLONG = ("zero", "mask", "penalty")
 EnvSource = str | Task | Callable[[], Env]
 
 
-def env_factory(task: EnvSource, difficulty: int = 1, *, max_turns: int = 8) -> Callable[[], Env]:
+def env_factory(task: EnvSource, difficulty: int | Sequence[int] = 1, *, max_turns: int = 8) -> Callable[[], Env]:
     """A function that makes a fresh environment per episode: a task name or `Task` becomes a `TaskEnv`; a callable
     is returned as is. An unknown task name is a ValueError listing the valid ones (raised here, not mid-run)."""
     if callable(task) and not isinstance(task, Task):
@@ -270,7 +270,7 @@ def collect_trajectories(
     group_size: int,
     params: SamplingParams,
     *,
-    difficulty: int = 1,
+    difficulty: int | Sequence[int] = 1,
     max_turns: int = 8,
     max_tokens: int = 1024,
     max_turn_tokens: int = 256,
