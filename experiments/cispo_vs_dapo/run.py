@@ -2,9 +2,9 @@
 
 Stages (each resumable: finished runs are skipped, interrupted ones resume from their last checkpoint):
 
-1. ``sft``: a digit-free BPE tokenizer and a ~2M-parameter hybrid model (3 lightning + 1 softmax layer, 8 experts
-   top-2: the ``tiny`` training recipe's shape), fine-tuned on ``arithmetic`` calculator traces
-   (``task.sft_record``, seeds below 100000) with ``xinzhou.train.sft``; greedy held-out success of the result.
+1. ``sft``: the ``xinzhou demo`` pipeline (``--preset tiny``) up to its SFT stage: a ~2M-parameter hybrid
+   (LSLS: lightning/softmax, 8 experts top-2), pretrained on copy drills and fine-tuned on ``arithmetic``
+   calculator traces; then the greedy held-out success of that policy (the RL runs' step-0 value).
 2. ``sweep``: a small learning-rate sweep per method at k = 8 (where the methods differ), one seed; the lr with
    the best mean held-out success over the run is kept. At k = 1 the three objectives make the same on-policy
    update, so one sweep (CISPO's) sets the k = 1 lr for all three.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import subprocess
 import sys
 import time
@@ -43,12 +42,7 @@ SEEDS = (0, 1, 2)
 def settings(quick: bool) -> dict[str, Any]:
     """Every knob of the study in one place (the README quotes them)."""
     s = dict(
-        task="arithmetic", difficulty=1, sft_examples=4000, sft_steps=300, sft_lr=3e-3, vocab=1024,
-        drills=16000, drill_steps=800,
-        # the `tiny` recipe's hybrid (3 lightning + 1 softmax layer) at half width with 4 experts: ~0.4M
-        # parameters, ~2.5x faster than `tiny` (2.1M) on this CPU, which makes 30+ RL runs affordable
-        model=dict(hidden_size=64, num_heads=2, num_kv_heads=1, head_dim=32, moe_intermediate_size=64,
-                   num_experts=4, num_experts_per_tok=2),
+        task="arithmetic", difficulty=1, demo_preset="tiny",
         rl=dict(group_size=8, prompts_per_batch=8, max_steps=40, max_tokens=512, max_turn_tokens=128, max_turns=6,
                 repetition_stop=128, eval_every=5, eval_n=128, aggregation="prompt", advantage_scale="batch",
                 temperature=1.0),
@@ -56,99 +50,20 @@ def settings(quick: bool) -> dict[str, Any]:
         target_fraction=0.5,  # target = base + this × (best final mean success over all settings - base)
     )
     if quick:
-        s.update(sft_examples=1500, sft_steps=100, drills=4000, drill_steps=100, sweep_lrs=(1e-4, 3e-4),
-                 sweep_steps=4, seeds=(0,))
+        s.update(demo_preset="smoke", sweep_lrs=(1e-4, 3e-4), sweep_steps=4, seeds=(0,))
         s["rl"] = {**s["rl"], "max_steps": 6, "eval_every": 3, "eval_n": 32, "prompts_per_batch": 4}
     return s
 
 
 # ----------------------------------------------------------------------------------------------- stage 1: SFT
-def build_tokenizer(task_name: str, vocab: int, n: int):
-    """A byte-level BPE trained on the traces with every digit removed, so no merge ever contains a digit: each
-    number is spelled one digit a token, the same way in the problem, the calculator call and the tool result
-    (a BPE that merges ` 12` but not `12` makes copying a number a lookup table the tiny model must learn)."""
-    from xinzhou.chat import render  # noqa: PLC0415
-    from xinzhou.data.tokenizer import train_tokenizer  # noqa: PLC0415
-    from xinzhou.tasks import get_task  # noqa: PLC0415
-
-    task = get_task(task_name)
-    texts = [re.sub(r"\d", "", render(r["messages"], r["tools"]))
-             for r in (task.sft_record(p) for p in task.dataset(min(n, 1000), 1))]
-    return train_tokenizer(texts, vocab)
-
-
-def copy_drills(n: int, seed: int = 0) -> list[str]:
-    """Short chats whose answer repeats the user's numbers (`Copy: 94 51 441` → `94 51 441`), as SFT JSONL lines.
-
-    Why: the task needs the model to copy numbers (problem → calculator call, tool result → next call → answer).
-    A ~0.4M-parameter model trained on the traces alone learns the format in 300 steps but copies no digit at all
-    (digit loss stays at ~2 nats ≈ chance for 800 steps); a trace holds ~30 digit copies in ~550 tokens. The drills
-    pack ~10 copies into ~30 tokens, which brings the copying circuit (an induction head) within CPU reach."""
-    import random  # noqa: PLC0415
-
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        nums = [str(rng.randint(10, 9999) if rng.random() < 0.5 else rng.randint(10, 99))
-                for _ in range(rng.randint(2, 5))]
-        op = rng.choice(["Copy", "Repeat", "Echo"])
-        lines.append(json.dumps({"messages": [{"role": "user", "content": f"{op}: {' '.join(nums)}"},
-                                              {"role": "assistant", "content": " ".join(nums)}]}))
-    return lines
-
-
-def _sft_phase(out: Path, name: str, init: Path, data: Path, **kw: Any) -> Path:
-    from xinzhou.configs.train import TrainConfig  # noqa: PLC0415
-    from xinzhou.train.checkpoint import Checkpointer  # noqa: PLC0415
-    from xinzhou.train.sft import sft  # noqa: PLC0415
-
-    export = out / name / "export"
-    if (export / "config.json").is_file():
-        return export
-    resume = Checkpointer(out / name / "checkpoints").latest() is not None
-    cfg = TrainConfig(task="sft", out_dir=str(out / name), init_from=str(init), data=str(data), warmup_steps=20,
-                      weight_decay=0.0, eval_every=100, save_every=50, eval_tokens=8192, progress=False,
-                      resume=resume, overwrite=not resume, **kw)
-    res = sft(cfg)
-    print(f"{name}: {res.steps} steps in {res.seconds:.0f}s, final eval loss {res.final_eval_loss:.4f}", flush=True)
-    return export
-
-
 def stage_sft(out: Path, s: dict[str, Any]) -> Path:
-    """The SFT checkpoint every RL run starts from (built once): a random init, then phase A (the traces only:
-    the format), then phase B (the traces mixed with copy drills: the digits)."""
-    import random  # noqa: PLC0415
+    """The SFT checkpoint every RL run starts from: the `xinzhou demo` pipeline up to its SFT stage (tokenizer
+    with one token per digit, a ~2M-parameter hybrid LSLS model with 8 experts top-2, pretraining on copy
+    drills, SFT on calculator traces), in ``out/demo``; resumable like the demo itself."""
+    from xinzhou.demo import get_preset, run_demo  # noqa: PLC0415
 
-    from xinzhou.configs.model import get_config  # noqa: PLC0415
-    from xinzhou.configs.train import TINY_MODEL  # noqa: PLC0415
-    from xinzhou.model.model import Model  # noqa: PLC0415
-    from xinzhou.tasks import get_task  # noqa: PLC0415
-    from xinzhou.train.export import export_checkpoint  # noqa: PLC0415
-
-    task = get_task(s["task"])
-    base = out / "base"
-    if not (base / "config.json").is_file():
-        tok = build_tokenizer(s["task"], s["vocab"], s["sft_examples"])
-        cfg = get_config("debug-text01", **{**TINY_MODEL, **s["model"], "vocab_size": tok.vocab_size,
-                                            "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id})
-        model = Model(cfg)
-        model.reset_parameters(seed=0)
-        export_checkpoint(model, cfg, tok, base)
-    traces = out / "sft.jsonl"
-    if not traces.is_file():
-        records = [json.dumps(task.sft_record(p)) for p in task.dataset(s["sft_examples"], s["difficulty"])]
-        traces.write_text("\n".join(records) + "\n")
-    mixed = out / "sft_drill.jsonl"
-    if not mixed.is_file():
-        lines = traces.read_text().splitlines() + copy_drills(s["drills"])
-        random.Random(0).shuffle(lines)
-        mixed.write_text("\n".join(lines) + "\n")
-    # phase A: examples of ~550 tokens, one per 1024-token row
-    a = _sft_phase(out, "sft", base, traces, seq_len=1024, batch_size=16, micro_batch_size=8,
-                   max_steps=s["sft_steps"], lr=s["sft_lr"])
-    # phase B: 1152-token rows hold two traces (or a trace and drills)
-    return _sft_phase(out, "sft_drill", a, mixed, seq_len=1152, batch_size=8, micro_batch_size=8,
-                      max_steps=s["drill_steps"], lr=2e-3, min_lr_ratio=0.2)
+    res = run_demo(out / "demo", get_preset(s["demo_preset"]), stop_after="sft")
+    return Path(res["sft"]["export"])
 
 
 def base_success(out: Path, s: dict[str, Any], policy: Path) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """`xinzhou demo`: the whole MiniMax stack on a laptop, as a resumable sequence of stages.
 
-tokenizer → SFT data (calculator traces that think, call, read, think again, answer) → a fresh hybrid
-lightning-attention MoE model → SFT → held-out eval → CISPO RL with the real calculator in the rollouts →
-held-out eval (+ the interleaved-thinking ablation) → Hugging Face export → report.
+tokenizer → data (calculator traces that think, call, read, think again, answer; and copy drills) → a fresh
+hybrid lightning-attention MoE model → pretraining on the copy drills (the copying circuit, see `drills.py`) →
+SFT → held-out eval → CISPO RL with the real calculator in the rollouts → held-out eval (+ the
+interleaved-thinking ablation) → Hugging Face export → report.
 
 Each finished stage writes ``OUT/stages/<stage>.json`` (its results and wall time) atomically; a rerun skips
 finished stages, and the SFT and RL stages resume from their own checkpoints, so Ctrl-C loses at most the work
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,9 +23,10 @@ from typing import Any
 
 from rich.console import Console
 
+from xinzhou import fileio
 from xinzhou.demo.presets import DemoPreset
 
-STAGES = ("tokenizer", "data", "init", "sft", "eval_sft", "rl", "eval_rl", "export", "report")
+STAGES = ("tokenizer", "data", "init", "pretrain", "sft", "eval_sft", "rl", "eval_rl", "export", "report")
 EVAL_SEED_START = 1_000_000  # held-out problems; SFT data uses seeds below 100_000, RL 100_000..900_000
 
 
@@ -42,7 +43,7 @@ class Context:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = fileio.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
@@ -66,20 +67,27 @@ def stage_tokenizer(ctx: Context) -> dict[str, Any]:
 
 
 def stage_data(ctx: Context) -> dict[str, Any]:
+    from xinzhou.demo.drills import copy_drills
     from xinzhou.tasks import get_task
 
     task, p = get_task(ctx.preset.task), ctx.preset
     path = ctx.path("data", "sft.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
     calls = 0
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sft.jsonl.")
+    fd, tmp = fileio.mkstemp(dir=path.parent, prefix=".sft.jsonl.")
     with os.fdopen(fd, "w") as f:
         for i in range(p.sft_examples):
             rec = task.sft_record(task.generate(i, p.train_difficulties[i % len(p.train_difficulties)]))
             calls += sum(len(m.get("tool_calls") or []) for m in rec["messages"] if m.get("role") == "assistant")
             f.write(json.dumps(rec) + "\n")
     os.replace(tmp, path)
-    return {"examples": p.sft_examples, "path": str(path), "tool_calls_per_example": calls / max(p.sft_examples, 1)}
+    drills = ctx.path("data", "drills.jsonl")
+    fd, tmp = fileio.mkstemp(dir=path.parent, prefix=".drills.jsonl.")
+    with os.fdopen(fd, "w") as f:
+        f.writelines(json.dumps(rec) + "\n" for rec in copy_drills(p.pretrain_examples, seed=p.seed))
+    os.replace(tmp, drills)
+    return {"examples": p.sft_examples, "path": str(path), "tool_calls_per_example": calls / max(p.sft_examples, 1),
+            "drills": p.pretrain_examples}
 
 
 def stage_init(ctx: Context) -> dict[str, Any]:
@@ -112,12 +120,33 @@ def _resume_flags(run_dir: Path) -> dict[str, bool]:
     return {"resume": True} if has_ckpt else {"overwrite": True}
 
 
+def stage_pretrain(ctx: Context) -> dict[str, Any]:
+    """Copy drills until the model copies digits (why: `xinzhou/demo/drills.py`)."""
+    from xinzhou.configs.train import TrainConfig
+    from xinzhou.train.sft import sft
+
+    p = ctx.preset
+    cfg = TrainConfig(task="sft", recipe="demo", out_dir=str(ctx.path("pretrain")), init_from=str(ctx.path("init")),
+                      data=str(ctx.path("data", "drills.jsonl")), seq_len=p.pretrain_seq_len,
+                      batch_size=p.pretrain_batch, micro_batch_size=p.pretrain_batch, max_steps=p.pretrain_steps,
+                      lr=p.pretrain_lr, schedule="constant", warmup_steps=max(1, p.pretrain_steps // 15),
+                      weight_decay=0.0,
+                      eval_every=max(1, p.pretrain_steps // 2), save_every=max(1, p.pretrain_steps // 3),
+                      keep_last=1, eval_tokens=4 * p.pretrain_seq_len, seed=p.seed,
+                      **_resume_flags(ctx.path("pretrain")))
+    cfg.validate()
+    res = sft(cfg)
+    return {"steps": res.steps, "final_eval_loss": res.final_eval_loss, "baseline": res.baseline,
+            "export": str(res.export_dir), "resumed_from": res.resumed_from}
+
+
 def stage_sft(ctx: Context) -> dict[str, Any]:
     from xinzhou.configs.train import TrainConfig
     from xinzhou.train.sft import sft
 
     p = ctx.preset
-    cfg = TrainConfig(task="sft", recipe="demo", out_dir=str(ctx.path("sft")), init_from=str(ctx.path("init")),
+    cfg = TrainConfig(task="sft", recipe="demo", out_dir=str(ctx.path("sft")),
+                      init_from=ctx.results["pretrain"]["export"],
                       data=str(ctx.path("data", "sft.jsonl")), seq_len=p.sft_seq_len, batch_size=p.sft_batch,
                       micro_batch_size=p.sft_batch, max_steps=p.sft_steps, lr=p.sft_lr,
                       warmup_steps=max(1, p.sft_steps // 12), weight_decay=0.0, truncate=True,
@@ -153,7 +182,7 @@ def stage_rl(ctx: Context) -> dict[str, Any]:
 
     p = ctx.preset
     cfg = RLConfig(recipe="demo", out_dir=str(ctx.path("rl")), model=ctx.results["sft"]["export"], task=p.task,
-                   difficulty=max(p.train_difficulties), objective="cispo", group_size=p.rl_group,
+                   difficulty=max(p.train_difficulties), difficulties=tuple(p.train_difficulties), objective="cispo", group_size=p.rl_group,
                    prompts_per_batch=p.rl_prompts, minibatches=p.rl_minibatches, max_steps=p.rl_steps, lr=p.rl_lr,
                    max_tokens=p.max_tokens, max_turn_tokens=p.max_turn_tokens, eval_every=0,
                    eval_n=max(2, p.eval_n // 4), seed=p.seed, **_resume_flags(ctx.path("rl")))
@@ -188,7 +217,7 @@ def _transcript(ctx: Context, model_dir: Path) -> list[dict[str, Any]]:
 
 def stage_export(ctx: Context) -> dict[str, Any]:
     src, dst = Path(ctx.results["rl"]["export"]), ctx.path("model")
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=ctx.out))
+    tmp = fileio.mkdtemp(ctx.out, prefix=".model.")
     shutil.copytree(src, tmp, dirs_exist_ok=True)
     if dst.exists():
         shutil.rmtree(dst)
@@ -236,7 +265,7 @@ def run_demo(out: str | os.PathLike, preset: DemoPreset, *, console: Console | N
 def _summary(name: str, res: dict[str, Any]) -> str:
     if name == "init":
         return f"{res['params_total'] / 1e6:.2f}M params ({res['params_active'] / 1e6:.2f}M active), {res['pattern']}"
-    if name == "sft":
+    if name in ("pretrain", "sft"):
         return f"eval loss {res['final_eval_loss']:.3f} (unigram {res['baseline']:.3f})" if res.get(
             "final_eval_loss") is not None else ""
     if name in ("eval_sft", "eval_rl"):

@@ -29,12 +29,19 @@ class DemoPreset:
     task: str = "arithmetic"
     train_difficulties: tuple[int, ...] = (1, 2)  # 2 and 3 calculator calls per problem
     eval_difficulties: tuple[int, ...] = (1, 2, 3)  # the report's success-by-difficulty plot
+    # pretraining on copy drills (see xinzhou/demo/drills.py) at a constant lr: a higher lr, or a cosine decay
+    # that is already low when the circuit would form (~step 250), did not form the copying circuit
+    pretrain_examples: int = 16000
+    pretrain_steps: int = 400
+    pretrain_seq_len: int = 512
+    pretrain_batch: int = 4
+    pretrain_lr: float = 1e-3
     # SFT
     sft_examples: int = 2400
-    sft_steps: int = 120
+    sft_steps: int = 480
     sft_seq_len: int = 1024
-    sft_batch: int = 16
-    sft_lr: float = 3e-3
+    sft_batch: int = 4
+    sft_lr: float = 1e-3
     # RL (CISPO)
     rl_steps: int = 12
     rl_prompts: int = 8
@@ -62,7 +69,8 @@ PRESETS: dict[str, DemoPreset] = {
     "smoke": DemoPreset(name="smoke", model={**TINY_MODEL, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1,
                                              "head_dim": 16, "rotary_dim": 8, "num_experts": 4,
                                              "moe_intermediate_size": 32},
-                        vocab_size=512, sft_examples=48, sft_steps=3, sft_batch=4, sft_seq_len=1024, rl_steps=1,
+                        vocab_size=512, pretrain_examples=64, pretrain_steps=2, pretrain_seq_len=256,
+                        sft_examples=48, sft_steps=3, sft_batch=4, sft_seq_len=1024, rl_steps=1,
                         rl_prompts=2, rl_group=2, rl_minibatches=1, eval_n=2, eval_difficulties=(1, 2),
                         max_turn_tokens=16, max_tokens=48),
 }

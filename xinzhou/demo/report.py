@@ -61,6 +61,10 @@ def _transcript_md(messages: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def write_report(ctx) -> Path:
     out = ctx.out
     res = ctx.results
@@ -78,7 +82,7 @@ def write_report(ctx) -> Path:
     pngs.append(_plot_success(ctx, out / "success_by_difficulty.png").name)
 
     p = ctx.preset
-    init, sft, rl = res["init"], res["sft"], res["rl"]
+    init, pre, sft, rl = res["init"], res["pretrain"], res["sft"], res["rl"]
     main = res["eval_rl"]["main_difficulty"]
     after_sft, after_rl = res["eval_sft"]["chain"][main], res["eval_rl"]["chain"][main]
     dropped = res["eval_rl"]["none"][main]
@@ -129,6 +133,9 @@ Interleaved-thinking ablation: {verdict}.
 
 ## Training
 
+- Pretraining: {pre['steps']} steps on {p.pretrain_examples} copy drills (the user lists numbers, the model repeats
+  them), which gives the model its copying circuit before SFT (why: `xinzhou/demo/drills.py`); final held-out
+  loss {_num(pre['final_eval_loss'])} (unigram baseline {_num(pre['baseline'])}).
 - SFT: {sft['steps']} steps on {p.sft_examples} traces; final held-out loss on assistant tokens
   {sft['final_eval_loss'] if sft['final_eval_loss'] is None else f"{sft['final_eval_loss']:.3f}"}
   (unigram baseline {sft['baseline'] if sft['baseline'] is None else f"{sft['baseline']:.3f}"}). ![loss](loss.png)

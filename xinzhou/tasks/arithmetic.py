@@ -5,6 +5,11 @@ Why this task: it exercises interleaved thinking end to end. Each problem is a c
 do it in its head but can by calling `calculator` once per step and reading each result back. The SFT trace does
 exactly that, one call per assistant turn, and every tool result in it comes from running the real calculator.
 
+The thinking says what each step is for in words and reads each result back once ("That is 5175 plants."); it
+does not restate the problem's numbers. Every number the model writes is a copy (from the problem, a tool result
+or its own last thought), and a success needs every digit right: a difficulty-1 trace that restated everything
+held ~75 digit copies, this one ~25, which is what lets a 2M-parameter model get whole problems right.
+
 Problem shape: `(Σ_j a_j·b_j  ± c) / k`, with the parts present by difficulty:
 
     difficulty 1: a·b ± c                       2 calls
@@ -45,7 +50,7 @@ class Story:
 
     items: tuple[str, ...]
     product: str  # one a·b line
-    product_step: str  # reasoning before the call for a·b
+    product_step: str  # reasoning before the call for a·b (words only: the call carries the numbers)
     plus: str
     minus: str
     split: str  # {k} is the number of equal shares
@@ -58,7 +63,7 @@ STORIES = (
     Story(
         items=("notebooks", "paint sets", "rulers", "glue sticks", "pencil cases", "sketch pads"),
         product="{name} buys {a} {thing} at {b} cents each.",
-        product_step="The {thing} cost {a} times {b} cents.",
+        product_step="The {thing}: count times price.",
         plus="There is also a delivery fee of {c} cents.",
         minus="{name} has a coupon worth {c} cents off the total.",
         split="The total is shared equally by {k} people.",
@@ -69,7 +74,7 @@ STORIES = (
     Story(
         items=("tomatoes", "peppers", "beans", "lettuces", "carrots", "onions"),
         product="A farm has {a} rows of {thing} with {b} plants in each row.",
-        product_step="The {thing} are {a} rows of {b} plants.",
+        product_step="The {thing}: rows times plants per row.",
         plus="There are also {c} plants in the greenhouse.",
         minus="Frost destroys {c} of the plants.",
         split="All the plants are shared equally among {k} markets.",
@@ -80,7 +85,7 @@ STORIES = (
     Story(
         items=("bolts", "screws", "washers", "nails", "hinges", "rivets"),
         product="A warehouse receives {a} crates of {thing} with {b} {thing} in each crate.",
-        product_step="The {thing} are {a} crates of {b}.",
+        product_step="The {thing}: crates times {thing} per crate.",
         plus="It already had {c} loose parts in stock.",
         minus="{c} parts are used for repairs.",
         split="The parts are then packed equally into {k} boxes.",
@@ -159,10 +164,11 @@ class ArithmeticTask(Task):
             out.append((f"Now I add the {len(partials)} amounts.", " + ".join(map(str, partials))))
         if d["sign"]:
             verb = "add" if d["sign"] == "+" else "subtract"
-            out.append((f"Then I {verb} {d['c']}.", f"{total} {d['sign']} {d['c']}"))
+            out.append((f"Then I {verb} the {'extra' if d['sign'] == '+' else 'lost'} amount.",
+                        f"{total} {d['sign']} {d['c']}"))
             total = total + d["c"] if d["sign"] == "+" else total - d["c"]
         if d["k"] > 1:
-            out.append((f"Finally I split {total} into {d['k']} equal shares.", f"{total} / {d['k']}"))
+            out.append(("Finally I split it into equal shares.", f"{total} / {d['k']}"))
         return out
 
     def sft_trace(self, problem: Problem) -> list[Message]:
@@ -173,11 +179,10 @@ class ArithmeticTask(Task):
         readout = ""
         for i, (thought, expr) in enumerate(self.steps(problem)):
             call = ToolCall("calculator", {"expression": expr}, id=f"call_{i}")
-            msgs.append(AssistantMessage("", f"{readout}{thought} I will compute {expr}.", [call]))
+            msgs.append(AssistantMessage("", f"{readout}{thought}", [call]))
             result = calculator(expr)
             msgs.append(ToolMessage(result, tool_call_id=call.id, name="calculator"))
-            readout = f"The calculator says {expr} = {result}. "
+            readout = f"That is {result} {unit}. "
         assert evaluate(self.steps(problem)[-1][1]) == Fraction(problem.answer)
-        final = f"{readout}So the answer is {problem.answer} {unit}."
-        msgs.append(AssistantMessage(f"Answer: {problem.answer}", final))
+        msgs.append(AssistantMessage(f"Answer: {problem.answer}", f"{readout}So that is the answer."))
         return msgs

@@ -1,0 +1,122 @@
+"""`xinzhou demo --preset smoke`: every stage runs, every artifact exists and parses, and an interrupted run
+resumes from the last finished stage instead of starting over."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xinzhou.demo import get_preset, run_demo
+from xinzhou.demo import pipeline
+from xinzhou.demo.drills import copy_drills
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_ok(path: Path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.verify()
+    return path.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    r = subprocess.run([sys.executable, "-m", "xinzhou", "demo", "--out", str(out), "--preset", "smoke",
+                        "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "xinzhou serve --model" in r.stdout and "examples/openai_client.py" in r.stdout
+    return out
+
+
+def test_every_stage_writes_its_marker(smoke_run: Path) -> None:
+    for name in pipeline.STAGES:
+        res = json.loads((smoke_run / "stages" / f"{name}.json").read_text())
+        assert res["seconds"] >= 0, name
+    assert json.loads((smoke_run / "stages" / "preset.json").read_text())["name"] == "smoke"
+
+
+def test_report_and_plots_parse(smoke_run: Path) -> None:
+    report = (smoke_run / "report.md").read_text()
+    for heading in ("## Held-out success", "Interleaved-thinking ablation", "## Success by difficulty",
+                    "## Wall time per stage", "## A held-out episode", "## Serve it", "Pretraining:"):
+        assert heading in report, heading
+    for stage in pipeline.STAGES[:-1]:
+        assert f"| {stage} |" in report, stage
+    for png in ("loss.png", "success_by_difficulty.png", "reward.png"):
+        assert _png_ok(smoke_run / png), png
+    evals = json.loads((smoke_run / "stages" / "eval_rl.json").read_text())
+    for d, r in evals["chain"].items():
+        assert 0.0 <= r["ci_low"] <= r["success"] <= r["ci_high"] <= 1.0, d
+    assert set(evals["none"]) == {evals["main_difficulty"]}
+    assert evals["transcript"][0]["role"] == "system"
+
+
+def test_exported_model_loads_with_tokenizer_and_template(smoke_run: Path) -> None:
+    import xinzhou
+    from xinzhou.data.tokenizer import Tokenizer
+
+    model_dir = smoke_run / "model"
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (model_dir / f).is_file(), f
+    tok = Tokenizer.from_dir(model_dir)
+    assert tok.chat_template and "<think>" in tok.chat_template
+    model = xinzhou.from_pretrained(model_dir)
+    assert model.config.vocab_size == tok.vocab_size
+    assert {"linear_attention", "full_attention"} <= set(model.config.layer_types)
+    assert model.config.num_experts > 1
+
+
+def test_interrupted_demo_resumes_from_last_finished_stage(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    preset = get_preset("smoke")
+    real_rl = pipeline.STAGE_FNS["rl"]
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(pipeline.STAGE_FNS, "rl", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path, preset)
+    done = {p.stem for p in (tmp_path / "stages").glob("*.json")} - {"preset"}
+    assert done == set(pipeline.STAGES[:pipeline.STAGES.index("rl")])
+    stamps = {n: (tmp_path / "stages" / f"{n}.json").stat().st_mtime_ns for n in done}
+
+    calls = []
+    for name in done:  # finished stages must not run again
+        monkeypatch.setitem(pipeline.STAGE_FNS, name, lambda ctx, name=name: calls.append(name) or {})
+    monkeypatch.setitem(pipeline.STAGE_FNS, "rl", real_rl)
+    results = run_demo(tmp_path, preset)
+    assert calls == []
+    assert {n: (tmp_path / "stages" / f"{n}.json").stat().st_mtime_ns for n in done} == stamps
+    assert set(results) == set(pipeline.STAGES)
+    assert (tmp_path / "report.md").is_file()
+
+
+def test_another_preset_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "preset.json").write_text(json.dumps({"name": "tiny"}))
+    with pytest.raises(ValueError, match="another preset"):
+        run_demo(tmp_path, get_preset("smoke"))
+    with pytest.raises(ValueError, match="valid options: tiny, small, smoke"):
+        get_preset("huge")
+
+
+def test_copy_drills_are_exact_and_deterministic() -> None:
+    drills = copy_drills(50, seed=3)
+    assert drills == copy_drills(50, seed=3) and drills != copy_drills(50, seed=4)
+    for rec in drills:
+        user, assistant = rec["messages"]
+        verb, numbers = user["content"].split(": ")
+        assert assistant["content"] == numbers and verb in ("Copy", "Repeat", "Echo")
+        assert 2 <= len(numbers.split()) <= 6 and all(10 <= int(n) <= 9999 for n in numbers.split())
+    with pytest.raises(ValueError):
+        copy_drills(0)
