@@ -43,10 +43,13 @@ def settings(quick: bool) -> dict[str, Any]:
     """Every knob of the study in one place (the README quotes them)."""
     s = dict(
         task="arithmetic", difficulty=1, demo_preset="tiny",
-        rl=dict(group_size=8, prompts_per_batch=8, max_steps=40, max_tokens=512, max_turn_tokens=128, max_turns=6,
-                repetition_stop=128, eval_every=5, eval_n=128, aggregation="prompt", advantage_scale="batch",
+        # the demo's RL shape (8 problems x 4 samples per rollout batch); at k = 8 each update sees one group
+        rl=dict(group_size=4, prompts_per_batch=8, max_steps=16, max_tokens=512, max_turn_tokens=96, max_turns=6,
+                repetition_stop=128, eval_every=4, eval_n=64, aggregation="prompt", advantage_scale="batch",
                 temperature=1.0),
-        sweep_lrs=(3e-5, 1e-4, 3e-4), sweep_steps=20, seeds=SEEDS, ks=KS, methods=METHODS,
+        # Adam with eps 1e-15 moves every weight by ~lr per step: 2e-4 wrecked the SFT policy in one step (greedy
+        # success 100% -> 0% on 16 problems), 2e-5 improved it; the sweep brackets that
+        sweep_lrs=(1e-5, 3e-5, 1e-4), sweep_steps=8, seeds=SEEDS, ks=KS, methods=METHODS,
         target_fraction=0.5,  # target = base + this × (best final mean success over all settings - base)
     )
     if quick:
@@ -264,11 +267,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", default="all", choices=("all", "sft", "sweep", "main", "report"))
     ap.add_argument("--workers", type=int, default=2, help="RL runs in parallel (each on one thread)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds (default 0,1,2)")
+    ap.add_argument("--ks", default="", help="comma-separated minibatch counts k (default 1,8)")
+    ap.add_argument("--lr", type=float, default=0.0,
+                    help="one lr for every method, skipping the sweep (a cheaper study; say so when reporting)")
+    ap.add_argument("--max-steps", type=int, default=0, help="rollout batches per run (default 40)")
     args = ap.parse_args(argv)
     import torch  # noqa: PLC0415
 
     torch.set_num_threads(args.threads)
     s = settings(args.quick)
+    if args.seeds:
+        s["seeds"] = tuple(int(x) for x in args.seeds.split(","))
+    if args.ks:
+        s["ks"] = tuple(int(x) for x in args.ks.split(","))
+    if args.max_steps:
+        s["rl"] = {**s["rl"], "max_steps": args.max_steps}
     out = Path(args.out) if args.out else HERE / ("quick" if args.quick else "out")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -277,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "sft":
         return 0
     chosen_path = out / "sweep" / "chosen.json"
-    if chosen_path.is_file():
+    if args.lr:
+        chosen = {f"{m}_k{k}": args.lr for m in s["methods"] for k in s["ks"]}
+        s["lr_note"] = f"no sweep: lr {args.lr:g} for every method (--lr)"
+    elif chosen_path.is_file():
         chosen = json.loads(chosen_path.read_text())["chosen"]
     else:
         chosen = stage_sweep(out, s, policy, args.workers, args.threads)

@@ -31,7 +31,7 @@ def smoke_run(tmp_path_factory) -> Path:
     r = subprocess.run([sys.executable, "-m", "xinzhou", "demo", "--out", str(out), "--preset", "smoke",
                         "--threads", "1"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "xinzhou serve --model" in r.stdout and "examples/openai_client.py" in r.stdout
+    assert "xinzhou serve --model" in r.stdout and "examples/demo_client.py" in r.stdout
     return out
 
 

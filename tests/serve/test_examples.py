@@ -36,3 +36,38 @@ def test_example_tool_round_trip(scripted, script, monkeypatch, capsys):
     assert f"thinking: {THINK}" in out and "→ get_weather" in out
     assert "Sunny and 21 °C in Paris." in out
     assert THINK in backend.prompts[-1]  # the answer's prompt still holds the first turn's thinking
+
+
+def test_demo_client_runs_the_calculator_loop(scripted, capsys):
+    """`examples/demo_client.py` against a scripted model that solves each problem the way the demo's SFT traces
+    do (one calculator call per step, read from the problem and the tool results in the prompt)."""
+    import re
+
+    from xinzhou.tasks import get_task
+
+    task = get_task("arithmetic")
+    problems = {p.prompt: p for p in (task.generate(2_000_000 + i, 2) for i in range(2))}
+
+    def solver(prompt: str) -> str:
+        question = next(q for q in problems if q in prompt)
+        steps = task.steps(problems[question])
+        done = len(re.findall(r"<response>", prompt))
+        if done < len(steps):
+            return completion(steps[done][0], "", [("calculator", {"expression": steps[done][1]})])
+        return completion("So that is the answer.", f"Answer: {problems[question].answer}")
+
+    server, backend = scripted(solver)
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import demo_client
+    finally:
+        sys.path.pop(0)
+    assert demo_client.main(["--base-url", server.url + "/v1", "--problems", "2", "--difficulty", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2/2 correct" in out and out.count("→ calculator(") == 6
+    assert steps_thought(task, problems) in backend.prompts[-1]  # earlier thinking stays in the prompt
+
+
+def steps_thought(task, problems) -> str:
+    last = list(problems.values())[-1]
+    return task.steps(last)[0][0]

@@ -39,5 +39,5 @@ def main(args: argparse.Namespace) -> int:
     console.print(f"\n[bold]report:[/] {results['report']['path']}")
     console.print("[bold]serve the model and query it with the openai SDK:[/]")
     console.print(f"  xinzhou serve --model {model}")
-    console.print("  python examples/openai_client.py --base-url http://127.0.0.1:8000/v1")
+    console.print("  python examples/demo_client.py --base-url http://127.0.0.1:8000/v1")
     return 0

@@ -43,11 +43,11 @@ class DemoPreset:
     sft_batch: int = 4
     sft_lr: float = 1e-3
     # RL (CISPO)
-    rl_steps: int = 12
+    rl_steps: int = 24
     rl_prompts: int = 8
     rl_group: int = 4
     rl_minibatches: int = 2
-    rl_lr: float = 2e-4
+    rl_lr: float = 3e-5  # Adam (eps 1e-15) moves every weight ~lr per step: 2e-4 wrecked the SFT policy in one step
     # episodes (SFT traces use ~40 sampled tokens per turn; a random model would run to the budget)
     max_turn_tokens: int = 96
     max_tokens: int = 512  # one episode: sampled + tool-result tokens

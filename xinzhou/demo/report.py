@@ -156,7 +156,7 @@ Interleaved-thinking ablation: {verdict}.
 
 ```bash
 xinzhou serve --model {out / 'model'}
-python examples/openai_client.py --base-url http://127.0.0.1:8000/v1
+python examples/demo_client.py --base-url http://127.0.0.1:8000/v1
 ```
 """
     path = out / "report.md"
