@@ -99,6 +99,8 @@ def test_interrupted_demo_resumes_from_last_finished_stage(tmp_path: Path, monke
     assert {n: (tmp_path / "stages" / f"{n}.json").stat().st_mtime_ns for n in done} == stamps
     assert set(results) == set(pipeline.STAGES)
     assert (tmp_path / "report.md").is_file()
+    # stop_after also stops at a stage finished earlier (the CISPO/DAPO study reuses a demo run up to SFT)
+    assert list(run_demo(tmp_path, preset, stop_after="sft")) == list(pipeline.STAGES[:pipeline.STAGES.index("sft") + 1])
 
 
 def test_another_preset_in_the_same_folder_is_refused(tmp_path: Path) -> None:

@@ -249,6 +249,8 @@ def run_demo(out: str | os.PathLike, preset: DemoPreset, *, console: Console | N
         if marker.exists():
             ctx.results[name] = json.loads(marker.read_text())
             console.print(f"[dim][{i}/{len(STAGES)}] {name}: done earlier ({ctx.results[name]['seconds']:.0f}s)[/]")
+            if name == stop_after:
+                break
             continue
         console.print(f"[bold][{i}/{len(STAGES)}] {name}[/] …")
         t0 = time.perf_counter()
