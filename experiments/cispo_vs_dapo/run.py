@@ -252,7 +252,7 @@ def plot_success(summary: dict[str, Any], base: float, target: float, paths: lis
         ax.set_xlabel("rollout batches")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("held-out success (greedy; mean, band = min-max over seeds)")
+    axes[0][0].set_ylabel("held-out success (greedy)\nline: mean, band: min-max over seeds")
     fig.tight_layout()
     for p in paths:
         fig.savefig(p)
