@@ -12,14 +12,18 @@ from tests.engine.conftest import (
 from xinzhou.engine import LLM, SamplingParams
 
 
-def test_stop_string_cuts_text_and_streams_consistently(text01):
+def _stop_case(model):
+    """A prompt, its greedy 12-token continuation, a stop string taken from inside it and where it first occurs."""
     tok = ByteTokenizer()
     prompt = "The ant is"
-    ref = greedy_reference(text01, tok.encode(prompt), 12)
+    ref = greedy_reference(model, tok.encode(prompt), 12)
     full = tok.decode(ref)
     stop = full[5:7]
-    at = full.find(stop)
-    llm = LLM(text01, tokenizer=tok)
+    return tok, prompt, ref, full, stop, full.find(stop), LLM(model, tokenizer=tok)
+
+
+def test_stop_string_cuts_text_and_streams_consistently(text01):
+    tok, prompt, ref, full, stop, at, llm = _stop_case(text01)
     out = llm.generate(prompt, SamplingParams(max_tokens=12, temperature=0, stop=[stop]))[0]
     assert out.finish_reason == "stop" and out.text == full[:at]
     assert tok.decode(out.token_ids).startswith(full[: at + len(stop)])
@@ -28,13 +32,7 @@ def test_stop_string_cuts_text_and_streams_consistently(text01):
 
 
 def test_stop_reason_names_the_stop_string_or_token_that_matched(text01):
-    tok = ByteTokenizer()
-    prompt = "The ant is"
-    ref = greedy_reference(text01, tok.encode(prompt), 12)
-    full = tok.decode(ref)
-    stop = full[5:7]
-    at = full.find(stop)
-    llm = LLM(text01, tokenizer=tok)
+    tok, prompt, ref, full, stop, at, llm = _stop_case(text01)
     greedy = {"max_tokens": 12, "temperature": 0}
     # a string that never appears, the one that does, and a stop token id the greedy run samples later
     assert tok.decode(ref[: ref.index(ref[9])]).find(stop) >= 0  # the string comes first

@@ -120,42 +120,38 @@ def _resume_flags(run_dir: Path) -> dict[str, bool]:
     return {"resume": True} if has_ckpt else {"overwrite": True}
 
 
-def stage_pretrain(ctx: Context) -> dict[str, Any]:
-    """Copy drills until the model copies digits (why: `xinzhou/demo/drills.py`)."""
+def _train(ctx: Context, name: str, init: str, data: str, *, seq_len: int, batch: int, steps: int, lr: float,
+           **options: Any) -> dict[str, Any]:
+    """One `xinzhou.train.sft` run into ``OUT/name`` (resumed from its checkpoint if there is one)."""
     from xinzhou.configs.train import TrainConfig
     from xinzhou.train.sft import sft
 
-    p = ctx.preset
-    cfg = TrainConfig(task="sft", recipe="demo", out_dir=str(ctx.path("pretrain")), init_from=str(ctx.path("init")),
-                      data=str(ctx.path("data", "drills.jsonl")), seq_len=p.pretrain_seq_len,
-                      batch_size=p.pretrain_batch, micro_batch_size=p.pretrain_batch, max_steps=p.pretrain_steps,
-                      lr=p.pretrain_lr, schedule="constant", warmup_steps=max(1, p.pretrain_steps // 15),
-                      weight_decay=0.0,
-                      eval_every=max(1, p.pretrain_steps // 2), save_every=max(1, p.pretrain_steps // 3),
-                      keep_last=1, eval_tokens=4 * p.pretrain_seq_len, seed=p.seed,
-                      **_resume_flags(ctx.path("pretrain")))
+    cfg = TrainConfig(task="sft", recipe="demo", out_dir=str(ctx.path(name)), init_from=init, data=data,
+                      seq_len=seq_len, batch_size=batch, micro_batch_size=batch, max_steps=steps, lr=lr,
+                      weight_decay=0.0, keep_last=1, seed=ctx.preset.seed, **options,
+                      **_resume_flags(ctx.path(name)))
     cfg.validate()
     res = sft(cfg)
     return {"steps": res.steps, "final_eval_loss": res.final_eval_loss, "baseline": res.baseline,
             "export": str(res.export_dir), "resumed_from": res.resumed_from}
+
+
+def stage_pretrain(ctx: Context) -> dict[str, Any]:
+    """Copy drills until the model copies digits (why: `xinzhou/demo/drills.py`), at a constant lr."""
+    p = ctx.preset
+    return _train(ctx, "pretrain", str(ctx.path("init")), str(ctx.path("data", "drills.jsonl")),
+                  seq_len=p.pretrain_seq_len, batch=p.pretrain_batch, steps=p.pretrain_steps, lr=p.pretrain_lr,
+                  schedule="constant", warmup_steps=max(1, p.pretrain_steps // 15),
+                  eval_every=max(1, p.pretrain_steps // 2), save_every=max(1, p.pretrain_steps // 3),
+                  eval_tokens=4 * p.pretrain_seq_len)
 
 
 def stage_sft(ctx: Context) -> dict[str, Any]:
-    from xinzhou.configs.train import TrainConfig
-    from xinzhou.train.sft import sft
-
     p = ctx.preset
-    cfg = TrainConfig(task="sft", recipe="demo", out_dir=str(ctx.path("sft")),
-                      init_from=ctx.results["pretrain"]["export"],
-                      data=str(ctx.path("data", "sft.jsonl")), seq_len=p.sft_seq_len, batch_size=p.sft_batch,
-                      micro_batch_size=p.sft_batch, max_steps=p.sft_steps, lr=p.sft_lr,
-                      warmup_steps=max(1, p.sft_steps // 12), weight_decay=0.0, truncate=True,
-                      eval_every=max(1, p.sft_steps // 4), save_every=max(1, p.sft_steps // 4), keep_last=1,
-                      eval_tokens=8 * p.sft_seq_len, seed=p.seed, **_resume_flags(ctx.path("sft")))
-    cfg.validate()
-    res = sft(cfg)
-    return {"steps": res.steps, "final_eval_loss": res.final_eval_loss, "baseline": res.baseline,
-            "export": str(res.export_dir), "resumed_from": res.resumed_from}
+    return _train(ctx, "sft", ctx.results["pretrain"]["export"], str(ctx.path("data", "sft.jsonl")),
+                  seq_len=p.sft_seq_len, batch=p.sft_batch, steps=p.sft_steps, lr=p.sft_lr,
+                  warmup_steps=max(1, p.sft_steps // 12), truncate=True, eval_every=max(1, p.sft_steps // 4),
+                  save_every=max(1, p.sft_steps // 4), eval_tokens=8 * p.sft_seq_len)
 
 
 def _evaluate(ctx: Context, model_dir: Path, difficulties: tuple[int, ...], keep: str = "chain") -> dict[str, Any]:
