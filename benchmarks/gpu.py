@@ -281,13 +281,13 @@ def bench_moe(setup: Setup, torch, bench, peak_tf: float) -> None:
         gate_up = torch.randn(E, 2 * Fw, D, device=setup.device, dtype=setup.dtype, generator=g) * D ** -0.5
         down = torch.randn(E, D, Fw, device=setup.device, dtype=setup.dtype, generator=g) * Fw ** -0.5
         run = partial(grouped.moe_grouped, x, w, idx, gate_up, down)
-        gm = measure(bench, run) if grouped._grouped_mm_ok(x) else "n/a (needs CUDA bf16)"
-        orig = grouped._grouped_mm_ok
-        grouped._grouped_mm_ok = lambda t: False  # same dispatch, one GEMM per expert
+        gm = measure(bench, run) if grouped._grouped_mm(x, D, Fw) is not None else "n/a (needs CUDA bf16)"
+        orig = grouped._grouped_mm
+        grouped._grouped_mm = lambda *a: None  # same dispatch, one GEMM per expert
         try:
             loop = measure(bench, run)
         finally:
-            grouped._grouped_mm_ok = orig
+            grouped._grouped_mm = orig
         flops = 2.0 * N * K * 3 * D * Fw
         tf = pct(flops / 1e9, gm, peak_tf)
         rows.append([f"{N}x{D}, F={Fw}, E={E}, top-{K}", fmt(gm), fmt(loop), ratio(loop, gm), tf])

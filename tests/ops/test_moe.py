@@ -41,6 +41,31 @@ def test_unused_experts_and_empty_input():
     assert moe_experts(x[:0], w[:0], idx[:0], gu, dn).shape == (0, 8)
 
 
+@pytest.mark.skipif(not hasattr(torch.nn.functional, "grouped_mm"), reason="needs F.grouped_mm (PyTorch >= 2.9)")
+def test_cpu_fp32_grouped_gemm_matches_the_per_expert_loop(monkeypatch):
+    """fp32 on CPU runs all experts through F.grouped_mm; it must equal the loop (forward and every gradient),
+    also with experts that get no token."""
+    from xinzhou.ops.moe import grouped
+
+    gu, dn = (t.float() for t in _weights(E=6, Fw=12))
+    x = torch.randn(17, 8)
+    idx = torch.randint(0, 4, (17, 2))  # experts 4 and 5 unused
+    w = torch.rand(17, 2)
+    assert grouped._grouped_mm(x, 8, 12) is torch.nn.functional.grouped_mm
+    assert grouped._grouped_mm(x, 8, 6) is None  # a 24-byte row stride: the loop runs
+    outs = []
+    for use_gemm in (True, False):
+        if not use_gemm:
+            monkeypatch.setattr(grouped, "_grouped_mm", lambda *a: None)
+        leaves = [t.clone().requires_grad_(True) for t in (x, w, gu, dn)]
+        y = moe_grouped(leaves[0], leaves[1], idx, leaves[2], leaves[3])
+        y.pow(2).sum().backward()
+        outs.append([y.detach()] + [t.grad for t in leaves])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert moe_grouped(x[:0], w[:0], idx[:0], gu, dn).shape == (0, 8)
+
+
 def test_softmax_router_hand_computed():
     logits = torch.tensor([[0.0, 1.0, 2.0]])
     w, idx, probs = route(logits, 2, "softmax")

