@@ -122,3 +122,13 @@ def test_copy_drills_are_exact_and_deterministic() -> None:
         assert 2 <= len(numbers.split()) <= 6 and all(10 <= int(n) <= 9999 for n in numbers.split())
     with pytest.raises(ValueError):
         copy_drills(0)
+
+
+def test_pretrain_summary_warns_when_the_copying_circuit_did_not_form():
+    from xinzhou.demo.pipeline import COPY_LOSS_OK, _summary
+
+    ok = _summary("pretrain", {"final_eval_loss": 0.05, "baseline": 2.43})
+    bad = _summary("pretrain", {"final_eval_loss": 1.70, "baseline": 2.43})
+    assert "warning" not in ok and ok.startswith("eval loss 0.050")
+    assert "did not form" in bad and "--seed" in bad and 0.05 < COPY_LOSS_OK < 1.70
+    assert "warning" not in _summary("sft", {"final_eval_loss": 1.70, "baseline": 2.43})

@@ -15,6 +15,8 @@ def setup(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                         help="tiny: the main demo (<= 15 min on 2 cores); small: larger; smoke: seconds, for tests")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of data, initialisation and sampling (default: the preset's, 0)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -27,7 +29,9 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     console = Console()
     try:
-        results = run_demo(args.out, get_preset(args.preset), console=console)
+        preset = get_preset(args.preset)
+        results = run_demo(args.out, preset if args.seed is None else preset.replace(seed=args.seed),
+                           console=console)
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted; rerun `xinzhou demo --out {args.out} --preset {args.preset}` to "
                       "resume from the last finished stage[/]")
