@@ -106,3 +106,43 @@ def test_bf16_autocast_step():
     ra, rb = (t.train_step([batch], make_lm_loss(0.01)) for t in (a, b))
     assert rb.metrics["loss"] == pytest.approx(ra.metrics["loss"], rel=2e-2)
     assert all(p.dtype == torch.float32 for p in b.model.parameters())  # fp32 master weights
+
+
+class _Repeat:
+    """The same batch forever (with the ``state_dict`` a checkpoint asks of the data)."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __next__(self):
+        return self.batch
+
+    def state_dict(self):
+        return {}
+
+
+class _Saves:
+    def __init__(self):
+        self.steps = []
+
+    def save(self, step, model, optimizer, state):
+        self.steps.append(step)
+
+
+def test_fit_stops_early_at_the_first_eval_at_or_below_the_target_and_saves_there():
+    from xinzhou.train.loop import LoopOptions, fit
+
+    batch = _batch()
+    loss = make_lm_loss(0.0)
+    full = fit(_setup(), _Repeat(batch), loss, LoopOptions(max_steps=16, eval_every=2, progress=False),
+               eval_batches=[batch])
+    losses = {r["step"]: r["eval_loss"] for r in full}
+    target = losses[10]  # memorising one batch: the loss at step 10 is reached at step 10 or before
+    expect = min(s for s, v in losses.items() if s >= 6 and v <= target)
+    saves = _Saves()
+    early = fit(_setup(), _Repeat(batch), loss,
+                LoopOptions(max_steps=16, eval_every=2, save_every=5, progress=False, stop_eval_loss=target,
+                            stop_min_step=6), eval_batches=[batch], checkpointer=saves)
+    assert early[-1]["step"] == expect < 16
+    assert [r["eval_loss"] for r in early] == [losses[r["step"]] for r in early]  # same run until it stops
+    assert saves.steps[-1] == expect and 5 in saves.steps

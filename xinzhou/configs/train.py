@@ -78,6 +78,10 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 100  # also evaluates at the last step; 0 = only there
     save_every: int = 200  # also saves at the last step; 0 = only there
+    # stop (and save) at the first eval at step >= stop_min_step with eval loss <= stop_eval_loss; 0 = run to
+    # max_steps. The demo's copy-drill pretraining uses it: the copying circuit forms at a seed-dependent step.
+    stop_eval_loss: float = 0.0
+    stop_min_step: int = 0
     keep_last: int = 2
     resume: bool = False  # continue the run in out_dir from its latest checkpoint
     overwrite: bool = False  # start over in an out_dir that already holds a run
@@ -95,7 +99,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "save_every", "eval_tokens", "weight_decay", "grad_clip", "threads"):
+        for name in ("warmup_steps", "eval_every", "save_every", "eval_tokens", "weight_decay", "grad_clip", "threads",
+                     "stop_eval_loss", "stop_min_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.seq_len < 2:

@@ -32,7 +32,8 @@ class DemoPreset:
     # pretraining on copy drills (see xinzhou/demo/drills.py) at a constant lr: a higher lr, or a cosine decay
     # that is already low when the circuit would form (~step 250), did not form the copying circuit
     pretrain_examples: int = 16000
-    pretrain_steps: int = 400
+    pretrain_steps: int = 400  # at least; then on until the drill loss shows the circuit formed (pipeline.py)
+    pretrain_max_steps: int = 800
     pretrain_seq_len: int = 512
     pretrain_batch: int = 4
     pretrain_lr: float = 1e-3
@@ -69,8 +70,8 @@ PRESETS: dict[str, DemoPreset] = {
     "smoke": DemoPreset(name="smoke", model={**TINY_MODEL, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1,
                                              "head_dim": 16, "rotary_dim": 8, "num_experts": 4,
                                              "moe_intermediate_size": 32},
-                        vocab_size=512, pretrain_examples=64, pretrain_steps=2, pretrain_seq_len=256,
-                        sft_examples=48, sft_steps=3, sft_batch=4, sft_seq_len=1024, rl_steps=1,
+                        vocab_size=512, pretrain_examples=64, pretrain_steps=2, pretrain_max_steps=2,
+                        pretrain_seq_len=256, sft_examples=48, sft_steps=3, sft_batch=4, sft_seq_len=1024, rl_steps=1,
                         rl_prompts=2, rl_group=2, rl_minibatches=1, eval_n=2, eval_difficulties=(1, 2),
                         max_turn_tokens=16, max_tokens=48),
 }

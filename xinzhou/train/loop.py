@@ -162,6 +162,9 @@ class LoopOptions:
     eval_every: int = 0
     save_every: int = 0
     progress: bool = True
+    # stop early (after saving) at the first eval at step >= stop_min_step whose loss is <= stop_eval_loss (0: off)
+    stop_eval_loss: float = 0.0
+    stop_min_step: int = 0
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -198,15 +201,20 @@ def fit(trainer: Trainer, data: Iterator[Any], loss_fn: LossFn, opts: LoopOption
                 logger.log({"step": res.step, **res.metrics, "lr": res.lr, "grad_norm": res.grad_norm,
                             "tokens_seen": trainer.tokens_seen, "tokens_per_s": tps})
                 window_tokens, window_time = 0, 0.0
+            stop = False
             if eval_batches and _due(res.step, opts.eval_every, opts.max_steps):
                 ev = trainer.evaluate(eval_batches, loss_fn)
                 record = {"step": res.step, "eval_loss": ev["loss"], "eval_tokens": ev["tokens"]}
                 logger.log(record)
                 evals.append(record)
                 bar.print(f"step {res.step}: eval loss {ev['loss']:.4f} (train {loss:.4f})")
-            if checkpointer is not None and _due(res.step, opts.save_every, opts.max_steps):
+                stop = 0 < opts.stop_eval_loss and res.step >= opts.stop_min_step and ev["loss"] <= opts.stop_eval_loss
+            if checkpointer is not None and (stop or _due(res.step, opts.save_every, opts.max_steps)):
                 state = {**trainer.state_dict(), "data": data.state_dict(), **(extra_state() if extra_state else {})}
                 checkpointer.save(res.step, trainer.model, trainer.optimizer, state)
+            if stop:
+                bar.print(f"step {res.step}: eval loss {ev['loss']:.4f} <= {opts.stop_eval_loss}: stopping early")
+                break
     finally:
         bar.close()
         logger.close()

@@ -216,7 +216,8 @@ def run_training(cfg: TrainConfig, info: DistInfo, data: RunData, model: torch.n
         resumed_from = trainer.step
     coef = cfg.aux_loss_coef if cfg.aux_loss_coef >= 0 else model_cfg.router_aux_loss_coef
     opts = LoopOptions(max_steps=cfg.max_steps, grad_accum=cfg.grad_accum(info.world_size), log_every=cfg.log_every,
-                       eval_every=cfg.eval_every, save_every=cfg.save_every, progress=cfg.progress)
+                       eval_every=cfg.eval_every, save_every=cfg.save_every, progress=cfg.progress,
+                       stop_eval_loss=cfg.stop_eval_loss, stop_min_step=cfg.stop_min_step)
     evals = fit(trainer, _OnDevice(data.train, info.device), make_lm_loss(coef), opts,
                 eval_batches=data.eval_batches, checkpointer=checkpointer, logger=logger,
                 extra_state=lambda: {"config": cfg.to_dict()})
