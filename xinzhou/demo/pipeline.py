@@ -145,7 +145,7 @@ COPY_LOSS_OK = 0.5
 def stage_pretrain(ctx: Context) -> dict[str, Any]:
     """Copy drills until the model copies digits (why: `xinzhou/demo/drills.py`), at a constant lr."""
     p = ctx.preset
-    # the circuit forms abruptly at a seed-dependent step (seeds 0, 1: before 400; seed 2: ~450-500), so train
+    # the circuit forms abruptly at a seed-dependent step (seeds 0, 1: before 400; seed 2: 500-550), so train
     # at least pretrain_steps, then on until the drill loss shows it formed, up to pretrain_max_steps
     cap = max(p.pretrain_steps, p.pretrain_max_steps)
     return _train(ctx, "pretrain", str(ctx.path("init")), str(ctx.path("data", "drills.jsonl")),
