@@ -16,7 +16,9 @@ What is compared, so that both sides do the same work:
   attention see across documents, so it would not be the same work);
 * objective: mean next-token cross-entropy plus ``router_aux_loss_coef`` x the load-balance loss on both sides
   (transformers with ``output_router_logits=True``);
-* optimizer: ``torch.optim.AdamW`` (foreach, β 0.9/0.95, weight decay 0.1) and global-norm clipping at 1.0.
+* optimizer: ``torch.optim.AdamW`` with the fused kernel (what transformers' ``Trainer`` defaults to,
+  ``adamw_torch_fused``, and what xinzhou's ``build_optimizer`` picks for plain tensors), β 0.9/0.95, weight decay
+  0.1, and global-norm clipping at 1.0.
   xinzhou's step is ``Trainer.train_step`` (the loop every xinzhou run uses); transformers' is the plain
   ``loss.backward(); clip_grad_norm_; step; zero_grad`` loop;
 * transformers runs with its defaults: SDPA attention and, for experts, ``grouped_mm`` (on CPU it calls
@@ -110,7 +112,7 @@ def bench_config(cfg: xinzhou.ModelConfig, B: int, T: int, steps: int, peak: flo
     trainer = Trainer(ours, build_optimizer(ours, lr=LR, betas=BETAS, weight_decay=WD),
                       Schedule("constant", LR, 10**6), grad_clip=CLIP)
     loss_fn = rows_loss(coef)
-    hf_opt = torch.optim.AdamW(hf.parameters(), lr=LR, betas=BETAS, weight_decay=WD, foreach=True)
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=LR, betas=BETAS, weight_decay=WD, fused=True)
 
     def ours_step() -> None:
         trainer.train_step([(ids, labels)], loss_fn)
