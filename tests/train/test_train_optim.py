@@ -55,3 +55,28 @@ def test_param_groups_split_decay():
     opt = build_optimizer(model, lr=1e-3, betas=(0.9, 0.95))
     assert opt.param_groups[0]["betas"] == (0.9, 0.95) and opt.param_groups[1]["weight_decay"] == 0.0
     assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_build_optimizer_steps_fused_and_matches_the_reference_update():
+    """Plain tensors get the fused kernel; its update equals AdamW's textbook formula (hand-written here, fp64)
+    to float rounding, including decoupled weight decay on matrices only."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16))
+    ref = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+    opt = build_optimizer(model, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    assert all(g["fused"] for g in opt.param_groups)
+    m = {n: torch.zeros_like(p) for n, p in ref.items()}
+    v = {n: torch.zeros_like(p) for n, p in ref.items()}
+    for step in range(1, 4):
+        grads = {n: torch.randn_like(p) for n, p in ref.items()}
+        for n, p in model.named_parameters():
+            p.grad = grads[n].float()
+        opt.step()
+        for n, p in ref.items():
+            wd = 0.1 if p.ndim >= 2 else 0.0
+            p.mul_(1 - 1e-2 * wd)
+            m[n] = 0.9 * m[n] + 0.1 * grads[n].double()
+            v[n] = 0.95 * v[n] + 0.05 * grads[n].double() ** 2
+            p.sub_(1e-2 * (m[n] / (1 - 0.9**step)) / ((v[n] / (1 - 0.95**step)).sqrt() + 1e-8))
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach().double(), ref[n], rtol=0, atol=1e-6)
