@@ -3,8 +3,8 @@
 Token slots are sorted by expert once, gathered into one contiguous ``[N·K, D]`` buffer, and each expert
 multiplies its own contiguous slice (one fused gate+up GEMM and one down GEMM). Outputs are weighted and
 scattered back with one ``index_add``. With a grouped GEMM (CUDA bf16: ``torch._grouped_mm``; CPU fp32:
-``F.grouped_mm``) all experts run in one call. Compared with a per-expert ``where``/one-hot loop (transformers' eager path),
-this does the routing bookkeeping once instead of once per expert.
+``F.grouped_mm``) all experts run in one call. Compared with a per-expert ``where``/one-hot loop (transformers'
+eager path), this does the routing bookkeeping once instead of once per expert.
 
 Letters: N tokens, D hidden, F expert FFN width, E experts, K experts per token, S = N·K routed slots.
 """
