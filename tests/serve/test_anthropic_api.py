@@ -118,3 +118,16 @@ def test_both_auth_headers_and_error_shape(scripted):
     assert e.value.body["error"]["type"] == "authentication_error"
     with pytest.raises(anthropic.NotFoundError):
         client(server).with_options(api_key="sekret").messages.create(model="claude-x", max_tokens=10, messages=USER)
+
+
+def test_sampling_extensions_reach_the_engine():
+    """``seed``, ``top_k`` and vLLM's ``ignore_eos`` are accepted on Messages as on Chat Completions."""
+    from xinzhou.serve import ServerConfig
+    from xinzhou.serve.anthropic_protocol import MessagesRequest, to_job
+
+    body = {"model": "m", "max_tokens": 7, "messages": [{"role": "user", "content": "hi"}], "seed": 3, "top_k": 5,
+            "ignore_eos": True, "temperature": 0.5}
+    params = to_job(MessagesRequest.model_validate(body), ServerConfig()).params
+    assert (params.max_tokens, params.seed, params.top_k, params.ignore_eos, params.temperature) == (7, 3, 5, True, 0.5)
+    del body["ignore_eos"]
+    assert to_job(MessagesRequest.model_validate(body), ServerConfig()).params.ignore_eos is False

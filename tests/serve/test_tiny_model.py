@@ -124,7 +124,10 @@ def test_64_concurrent_streams_with_early_disconnects(tiny_server):
                 "seed": i, "max_tokens": 3000 if leaver else 24, "ignore_eos": True}
         path = "/v1/chat/completions"
         if i % 8 >= 4:
-            body = {"model": "tiny", "max_tokens": body["max_tokens"], "messages": body["messages"], "stream": True}
+            # ignore_eos on both APIs: a leaver that hit the end token before its disconnect was seen would
+            # finish instead of being aborted, and the abort count below would race
+            body = {"model": "tiny", "max_tokens": body["max_tokens"], "messages": body["messages"], "stream": True,
+                    "ignore_eos": True}
             path = "/v1/messages"
         finish, events = None, 0
         async with c.stream("POST", path, json=body) as r:

@@ -9,7 +9,8 @@ before the last *user* message). Thinking blocks are accepted with or without a 
 Output: ``thinking`` (with a signature: a hash of the thinking text, an integrity tag rather than a secret),
 ``text`` and ``tool_use`` blocks, in the order the model wrote them; ``stop_reason`` ``tool_use`` / ``end_turn``
 / ``max_tokens`` / ``stop_sequence``. M2 always thinks; ``thinking: {"type": "disabled"}`` leaves the thinking
-blocks out of the response (the client then cannot send them back). Streams are the full event sequence:
+blocks out of the response (the client then cannot send them back). Extensions: ``seed``, ``ignore_eos`` (vLLM's,
+for benchmarks and load tests). Streams are the full event sequence:
 ``message_start``, ``content_block_start`` / ``content_block_delta`` (``thinking_delta``, ``signature_delta``,
 ``text_delta``, ``input_json_delta``) / ``content_block_stop``, ``message_delta``, ``message_stop``.
 """
@@ -120,6 +121,7 @@ class MessagesRequest(_In):
     stream: bool = False
     thinking: ThinkingConfig | None = None
     seed: int | None = Field(None, ge=-(1 << 63), lt=1 << 64, description="extension: a sampling seed")
+    ignore_eos: bool = Field(False, description="extension (vLLM's): do not stop at the end-of-message token")
 
 
 # ------------------------------------------------------------------------------------------------ request
@@ -179,6 +181,7 @@ def to_job(req: MessagesRequest, config: ServerConfig) -> ChatJob:
         top_k=req.top_k or 0,
         stop=req.stop_sequences or None,
         seed=None if req.seed is None else req.seed % SEED_RANGE,
+        ignore_eos=req.ignore_eos,
     )
     tools = [ToolSpec(t.name, t.description, t.input_schema) for t in req.tools or []]
     parallel = not (choice is not None and choice.disable_parallel_tool_use)
