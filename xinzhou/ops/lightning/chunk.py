@@ -63,12 +63,14 @@ def _chunk_core(
     before = []
     for m in range(M):
         before.append(s_BHKV)
-        if m < M - 1 or last_len is None:
-            s_BHKV = block_decay_GHM11[:, :, m if g_GHMC.shape[2] > 1 else 0] * s_BHKV + kv_BHMKV[:, :, m]
+        if m < M - 1 or last_len is None:  # λ^C S + (kᵀv of block m), one fused op
+            s_BHKV = torch.addcmul(kv_BHMKV[:, :, m], block_decay_GHM11[:, :, m if g_GHMC.shape[2] > 1 else 0], s_BHKV)
     s_before_BHMKV = torch.stack(before, dim=2)
     q_decay_GHMC1 = G_GHMC.exp()[..., None]
     qd_NCK = (q_BHMCK * q_decay_GHMC1).reshape(-1, C, K)
-    o_BHMCV = o_BHMCV + torch.bmm(qd_NCK, s_before_BHMKV.view(-1, K, V)).view(B, H, M, C, V)
+    # inter-block part accumulated onto the intra-block output in the same GEMM
+    # (in place: the intra-block output is a fresh GEMM result that no backward formula reads)
+    o_BHMCV.view(-1, C, V).baddbmm_(qd_NCK, s_before_BHMKV.view(-1, K, V))
     if last_len is not None:  # state after the last real token of a partial last block
         G_last = G_GHMC[:, :, -1, last_len - 1 : last_len]  # [G, H, 1]
         k_decay_GHC1 = (G_last - G_GHMC[:, :, -1, :last_len]).exp()[..., None]
