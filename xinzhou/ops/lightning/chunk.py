@@ -68,9 +68,13 @@ def _chunk_core(
     s_before_BHMKV = torch.stack(before, dim=2)
     q_decay_GHMC1 = G_GHMC.exp()[..., None]
     qd_NCK = (q_BHMCK * q_decay_GHMC1).reshape(-1, C, K)
-    # inter-block part accumulated onto the intra-block output in the same GEMM
-    # (in place: the intra-block output is a fresh GEMM result that no backward formula reads)
-    o_BHMCV.view(-1, C, V).baddbmm_(qd_NCK, s_before_BHMKV.view(-1, K, V))
+    # inter-block part accumulated onto the intra-block output in the same GEMM (in place: the intra-block output
+    # is a fresh GEMM result that no backward formula reads). Under autocast that GEMM gave a lower-precision
+    # output, and an in-place op cannot mix dtypes: add out of place then.
+    if o_BHMCV.dtype == qd_NCK.dtype:
+        o_BHMCV.view(-1, C, V).baddbmm_(qd_NCK, s_before_BHMKV.view(-1, K, V))
+    else:
+        o_BHMCV = o_BHMCV + torch.bmm(qd_NCK, s_before_BHMKV.view(-1, K, V)).view(B, H, M, C, V)
     if last_len is not None:  # state after the last real token of a partial last block
         G_last = G_GHMC[:, :, -1, last_len - 1 : last_len]  # [G, H, 1]
         k_decay_GHC1 = (G_last - G_GHMC[:, :, -1, :last_len]).exp()[..., None]
