@@ -62,6 +62,23 @@ def test_logprobs_match_the_full_forward(text01):
     assert torch.allclose(torch.tensor(o.logprobs), ref, atol=1e-5)
 
 
+def test_processed_logprobs_match_the_full_forward_at_the_temperature(text01):
+    """``logprobs_mode="processed"``: log_softmax(logits / T) of the full forward; streaming reports the same."""
+    p = prompts_of([6])[0]
+    params = SamplingParams(max_tokens=6, temperature=0.6, seed=3, logprobs=True, logprobs_mode="processed",
+                            ignore_eos=True)
+    llm = LLM(text01)
+    o = llm.generate([p], params)[0]
+    with torch.no_grad():
+        logits = text01(torch.tensor([p + o.token_ids])).logits[0].float()
+    ref = torch.log_softmax(logits / 0.6, -1)[len(p) - 1 : -1].gather(-1, torch.tensor(o.token_ids)[:, None])[:, 0]
+    assert torch.allclose(torch.tensor(o.logprobs), ref, atol=1e-5)
+    raw = torch.log_softmax(logits, -1)[len(p) - 1 : -1].gather(-1, torch.tensor(o.token_ids)[:, None])[:, 0]
+    assert not torch.allclose(ref, raw, atol=1e-3)  # the two modes really differ at T = 0.6
+    streamed = [ev.logprob for ev in llm.stream(p, params)]
+    assert torch.allclose(torch.tensor(streamed), ref, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["text01", "m2"])
 def test_fast_decode_equals_model_layers_on_ragged_rows(family, text01, m2):
     model = text01 if family == "text01" else m2

@@ -22,6 +22,7 @@ from xinzhou.engine import LLM, EngineConfig, SamplingParams
     ({"stop": 3.0}, "stop must be a str, an int token id, or an iterable"),
     ({"repetition_stop": (0, 0.99)}, "repetition_stop must be"),
     ({"seed": "7"}, "seed must be an int"),
+    ({"logprobs_mode": "sampled"}, "logprobs_mode must be one of 'raw', 'processed', got 'sampled'"),
 ])
 def test_bad_sampling_params(kwargs, match):
     with pytest.raises(ValueError, match=match):

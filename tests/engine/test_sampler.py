@@ -130,3 +130,22 @@ def test_logprobs_are_raw_model_fp32_at_temperature_one():
     ref = torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None])[:, 0]
     assert lp.dtype == torch.float32 and torch.equal(lp, ref)
     assert torch.equal(token_logprobs(logits, tokens), ref)
+
+
+def test_processed_logprobs_are_those_of_the_distribution_sampled_from():
+    """Hand-computed: temperature 0.5 alone is log_softmax(logits / 0.5); top-k 2 renormalises over the two
+    kept tokens; greedy is one-hot (log 1 = 0). Raw logprobs stay the model's, as before."""
+    logits = torch.tensor([[math.log(p) for p in P]] * 3)
+    rows = [SampleRow(0.5, 0, 1.0, torch.Generator().manual_seed(1), True),
+            SampleRow(1.0, 2, 1.0, torch.Generator().manual_seed(2), True),
+            SampleRow(0.0, 0, 1.0, torch.Generator(), True)]
+    sampler = Sampler()
+    tokens, raw = sampler(logits, rows, True)
+    t = tokens.tolist()
+    sharp = [p * p for p in P]  # p ** (1 / 0.5), renormalised below
+    expected = [math.log(sharp[t[0]] / sum(sharp)), math.log(P[t[1]] / (P[0] + P[1])), 0.0]
+    assert t[1] in (0, 1) and t[2] == 0
+    assert torch.allclose(sampler.processed_B, torch.tensor(expected), atol=1e-6)
+    assert torch.allclose(raw, torch.tensor([math.log(P[i]) for i in t]), atol=1e-6)
+    sampler(logits, _rows(3), True)
+    assert sampler.processed_B is None  # nobody asked: nothing computed

@@ -67,6 +67,19 @@ def test_a_tiny_run_logs_agrees_with_the_sampler_and_resumes_bit_identically(pol
         train_rl(cfg, env=TwoTurnEnv)
 
 
+@pytest.mark.parametrize("temperature", [0.6, 1.7])
+def test_rollouts_at_a_temperature_are_scored_under_that_temperature(policy: Path, tmp_path: Path,
+                                                                     temperature: float) -> None:
+    """Behaviour logprobs are the tempered sampling distribution's and the trainer divides its logits by the same
+    T, so the first (on-policy) update sees ratio 1: the same agreement as at T = 1. With either side left at
+    T = 1 (raw-model behaviour logprobs, the usual bug: TRL #4159) the correlation here drops to about 0.93.
+    That the engine's logprobs are the tempered distribution's is tested in tests/engine."""
+    train_rl(rl_config(policy, tmp_path / "run", max_steps=1, temperature=temperature), env=TwoTurnEnv)
+    first = next(r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "reward" in r)
+    assert first["prob_corr"] > 0.9999 and first["logp_maxdiff"] < 1e-4, first
+    assert abs(first["is_weight"] - 1) < 1e-4 and first["clip_frac"] == 0
+
+
 def test_k_minibatches_separate_cispo_from_dapo(policy: Path, tmp_path: Path) -> None:
     def weights(objective: str, k: int) -> dict[str, torch.Tensor]:
         out = tmp_path / f"{objective}{k}"

@@ -61,7 +61,7 @@ class RLConfig:
     max_turns: int = 8
     max_tokens: int = 1024  # completion budget of one episode: sampled + forced (tool result) tokens
     max_turn_tokens: int = 256  # most tokens sampled in one assistant turn
-    temperature: float = 1.0
+    temperature: float = 1.0  # rollouts sample softmax(logits / T); the trainer scores the same distribution
     top_p: float = 1.0
     top_k: int = 0
     repetition_stop: int = 3000  # M1: stop after this many consecutive tokens with p > repetition_p; 0 = off

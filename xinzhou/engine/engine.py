@@ -187,27 +187,34 @@ class Engine:
             return []
         logits_BV = logits[0] if len(logits) == 1 else torch.cat(logits)
         need_lp = any(s.params.logprobs or s.params.repetition_stop for s in rows)
-        sample_rows = [SampleRow(s.params.temperature, s.params.top_k, s.params.top_p, s.generator) for s in rows]
+        sample_rows = [SampleRow(s.params.temperature, s.params.top_k, s.params.top_p, s.generator,
+                                 s.params.logprobs and s.params.logprobs_mode == "processed") for s in rows]
         tokens_B, logprobs_B = self.sampler(logits_BV, sample_rows, need_lp)
         tokens = tokens_B.tolist()
         lps = logprobs_B.tolist() if logprobs_B is not None else [None] * len(rows)
+        processed = self.sampler.processed_B.tolist() if self.sampler.processed_B is not None else None
         events = []
         for i, s in enumerate(rows):
             try:
-                events.append(self._accept(s, tokens[i], lps[i], logits_BV[i]))
+                events.append(self._accept(s, tokens[i], lps[i], logits_BV[i],
+                                           processed[i] if sample_rows[i].processed_logprobs else None))
             except Exception as e:  # noqa: BLE001 (one request's failure must not take the batch down)
                 s.error = f"{type(e).__name__}: {e}"
                 events.append(self._finish(s, "error"))
         return events
 
-    def _accept(self, seq: Sequence, token: int, logprob: float | None, logits_V: torch.Tensor) -> StreamOutput:
+    def _accept(self, seq: Sequence, token: int, logprob: float | None, logits_V: torch.Tensor,
+                processed: float | None = None) -> StreamOutput:
+        """``logprob`` is the raw model's (repetition stop uses it); ``processed`` the sampling distribution's,
+        reported instead when the request asked for ``logprobs_mode="processed"``."""
         p = seq.params
         if seq.num_sampled == 0 and self.prefix.max_bytes > 0 and seq.num_cached_tokens != len(seq.token_ids):
             seq.checkpoints.append(Checkpoint(seq.num_computed, self.cache.read_state(seq.slot), logits_V.clone()))
         seq.last_logits = logits_V
         seq.token_ids.append(token)
         seq.mask.append(1)
-        seq.logprobs.append(logprob if p.logprobs else None)
+        reported = processed if processed is not None else logprob
+        seq.logprobs.append(reported if p.logprobs else None)
         seq.num_sampled += 1
         reason = None
         stopped_by_string = seq.text is not None and seq.text.append(token)
@@ -224,9 +231,9 @@ class Engine:
         if reason is None and (seq.num_sampled >= p.max_tokens or len(seq.token_ids) >= self.max_model_len):
             reason = "length"
         if reason is not None:
-            return self._finish(seq, reason, token, logprob)
+            return self._finish(seq, reason, token, reported)
         delta = seq.text.stream_delta(False) if seq.text is not None and seq.text.incremental else ""
-        return StreamOutput(seq.index, seq.request_id, token, delta, logprob)
+        return StreamOutput(seq.index, seq.request_id, token, delta, reported)
 
     def _finish(self, seq: Sequence, reason: str, token: int | None = None,
                 logprob: float | None = None) -> StreamOutput:

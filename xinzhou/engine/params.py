@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+LOGPROBS_MODES = ("raw", "processed")
+
 
 @dataclass
 class SamplingParams:
@@ -28,7 +30,11 @@ class SamplingParams:
             None draws a seed from torch's global RNG (reproducible under ``torch.manual_seed``).
         logprobs: return each sampled token's log-probability under the *raw model* distribution
             (``log_softmax`` of the fp32 logits at temperature 1, before top-k/top-p). That is the sampling
-            distribution only when ``temperature == 1`` and no filter is active.
+            distribution only when ``temperature == 1`` and no filter is active; see ``logprobs_mode``.
+        logprobs_mode: which distribution ``logprobs`` are taken under. ``"raw"`` (default): the model's own, at
+            temperature 1. ``"processed"``: the distribution the token was actually drawn from (after temperature,
+            top-k and top-p, renormalised; 0.0 for greedy), i.e. the behaviour policy of an RL rollout at
+            temperature != 1 (vLLM's ``processed_logprobs``). ``repetition_stop`` always uses raw probabilities.
         repetition_stop: ``(n, p)``: stop (reason ``"repetition"``) once ``n`` consecutive sampled tokens each had
             raw-model probability above ``p`` (MiniMax-M1's early truncation: 3000 tokens above 0.99 at scale).
         ignore_eos: do not stop on the model's end-of-sequence token (benchmarks).
@@ -41,6 +47,7 @@ class SamplingParams:
     stop: str | int | Iterable[str | int] | None = None
     seed: int | None = None
     logprobs: bool = False
+    logprobs_mode: str = "raw"
     repetition_stop: tuple[int, float] | None = None
     ignore_eos: bool = False
     stop_strings: tuple[str, ...] = field(init=False, repr=False)
@@ -55,6 +62,9 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {self.top_k!r}")
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode must be one of {', '.join(map(repr, LOGPROBS_MODES))}, got "
+                             f"{self.logprobs_mode!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an int or None, got {self.seed!r}")
         if self.repetition_stop is not None:

@@ -68,20 +68,31 @@ class SampleRow:
     top_k: int
     top_p: float
     generator: torch.Generator
+    processed_logprobs: bool = False  # also report log q(token), q the distribution the row sampled from
 
 
 class Sampler:
     """Batched sampling with per-row settings. Greedy-only batches cost one ``argmax``; rows that need no
     filtering skip the sort (a plain softmax and an inverse-CDF draw)."""
 
+    def __init__(self) -> None:
+        self.processed_B: torch.Tensor | None = None
+
     def __call__(
         self, logits_BV: torch.Tensor, rows: list[SampleRow], need_logprobs: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns ``(tokens [B] int64, raw-model logprobs [B] fp32 or None)``.
 
+        When a row asks for ``processed_logprobs``, :attr:`processed_B` afterwards holds, for every row, the
+        log-probability of its token under the distribution that row sampled from (temperature, top-k, top-p
+        applied and renormalised; 0 for greedy rows, whose distribution is one-hot); otherwise it is None.
+        That is the behaviour policy an RL trainer must divide by (TRL #4159, vLLM ``processed_logprobs``).
+
         A row's path depends only on its own settings (never on the other rows), so its result does not
         depend on the batch it is in."""
         tokens_B = logits_BV.argmax(-1)
+        want_processed = any(r.processed_logprobs for r in rows)
+        processed_B = torch.zeros(len(rows), dtype=torch.float32, device=logits_BV.device) if want_processed else None
         plain = [i for i, r in enumerate(rows) if r.temperature > 0 and r.top_k == 0 and r.top_p >= 1]
         filtered = [i for i, r in enumerate(rows) if r.temperature > 0 and (r.top_k > 0 or r.top_p < 1)]
         for idx in (plain, filtered):
@@ -98,6 +109,14 @@ class Sampler:
                 top_k_B = torch.tensor([r.top_k for r in sub_rows], device=dev)
                 top_p_B = torch.tensor([r.top_p for r in sub_rows], device=dev)
                 probs_BV = sampling_probs(sub_BV, temp_B, top_k_B, top_p_B)
-            tokens_B[idx] = sample_from_probs(probs_BV, u_B)
+            chosen_B = sample_from_probs(probs_BV, u_B)
+            tokens_B[idx] = chosen_B
+            if processed_B is not None:
+                if idx is plain:  # exact log-softmax rather than the log of a rounded probability
+                    lp_B = token_logprobs(sub_BV.float() / temp_B[:, None], chosen_B)
+                else:
+                    lp_B = probs_BV.gather(-1, chosen_B[:, None])[:, 0].log()
+                processed_B[idx] = lp_B
+        self.processed_B = processed_B
         logprobs_B = token_logprobs(logits_BV, tokens_B) if need_logprobs else None
         return tokens_B, logprobs_B

@@ -39,8 +39,9 @@ class RequestOutput:
         prompt_token_ids: the prompt as given (for a continuation: the first request's prompt).
         token_ids: the completion: sampled tokens and forced tokens, in order (stop tokens included).
         mask: per completion token, 1 = sampled by the model, 0 = forced into the sequence.
-        logprobs: per completion token, the raw-model logprob (``log_softmax`` of the fp32 logits at temperature 1)
-            of a sampled token when ``SamplingParams.logprobs`` is set; None for forced tokens (and when not asked).
+        logprobs: per completion token, the logprob of a sampled token when ``SamplingParams.logprobs`` is set
+            (raw model at temperature 1, or the sampling distribution with ``logprobs_mode="processed"``); None
+            for forced tokens (and when not asked).
         text: the completion decoded (special tokens kept), cut before a matched stop string; "" without tokenizer.
         finish_reason: ``"stop"`` (stop token or string), ``"length"`` (``max_tokens`` or the model's context),
             ``"repetition"`` (``repetition_stop``), ``"abort"`` or ``"error"`` (see ``error``).

@@ -132,13 +132,17 @@ class RLRun:
                                     options=cfg.objective_options(), aggregation=cfg.aggregation,
                                     minibatches=cfg.minibatches, micro_batch_size=cfg.micro_batch_size,
                                     aux_loss_coef=cfg.aux_loss_coef, seed=cfg.seed, pad_id=self.tokenizer.pad_id,
-                                    save_dir=self.out)
+                                    save_dir=self.out, temperature=cfg.temperature)
+        # behaviour logprobs under the distribution actually sampled (temperature applied), which the trainer
+        # reproduces by dividing its logits by the same temperature (PolicyUpdate)
         self.params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, logprobs=True,
+                                     logprobs_mode="processed",
                                      repetition_stop=(cfg.repetition_stop, cfg.repetition_p)
                                      if cfg.repetition_stop else None)
-        if cfg.temperature != 1 or cfg.top_p < 1 or cfg.top_k:
-            log.warning("temperature/top-p/top-k other than 1/1/0: behaviour logprobs are the raw model's, not the "
-                        "sampling distribution's, so the importance ratio is biased (TRL #4159, #6789)")
+        if cfg.top_p < 1 or cfg.top_k:
+            log.warning("top-p/top-k rollouts: behaviour logprobs come from the truncated, renormalised distribution "
+                        "but the trainer's from the full one at the same temperature, so the importance ratio is "
+                        "biased (TRL #4159, #6789); temperature alone is handled exactly")
         self.step = 0
 
     # --------------------------------------------------------------------------------------- rollouts

@@ -2,9 +2,9 @@
 
 Why: RL on a tool task needs whole episodes (the model thinks, calls a tool, reads the result, ... answers) as one
 token sequence whose model-sampled tokens are trained on and whose tool results are not. The engine already
-returns exactly that (``RequestOutput.mask`` 1 = sampled, 0 = forced; ``logprobs`` the raw-model fp32 logprob of
-each sampled token), and ``LLM.continue_`` appends forced tokens and samples on while reusing the prefix state.
-This module only drives it: every round it sends *all* live episodes to the engine in one call (so continuous
+returns exactly that (``RequestOutput.mask`` 1 = sampled, 0 = forced; ``logprobs`` the fp32 logprob of each sampled
+token, under the sampling distribution when the params ask for ``logprobs_mode="processed"``), and
+``LLM.continue_`` appends forced tokens and samples on while reusing the prefix state. This module only drives it: every round it sends *all* live episodes to the engine in one call (so continuous
 batching sees the whole batch), parses each new turn with the M2 parser, steps the episode's environment, and
 forces the observation text (``observation_text``) for the next round, until the environment says done or a
 limit is hit.
@@ -170,7 +170,7 @@ def _turn_params(template: SamplingParams, max_tokens: int, seed: int | None,
     return SamplingParams(max_tokens=max_tokens, temperature=template.temperature, top_p=template.top_p,
                           top_k=template.top_k, stop=template.stop, seed=seed,
                           logprobs=template.logprobs if logprobs is None else logprobs,
-                          repetition_stop=template.repetition_stop)
+                          logprobs_mode=template.logprobs_mode, repetition_stop=template.repetition_stop)
 
 
 def _step(ep: _Episode, out: RequestOutput, tok: Any, keep: str, max_turns: int) -> bool:

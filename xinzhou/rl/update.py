@@ -102,15 +102,19 @@ def _columns(batch: RolloutBatch, t: int) -> RolloutBatch:
 class PolicyUpdate:
     """`update(batch, step)`: k = `minibatches` optimizer updates on this process's share of a rollout batch.
 
-    `options` are the objective's (e.g. `eps_high`); `aggregation` one of "token", "sequence", "prompt"."""
+    `options` are the objective's (e.g. `eps_high`); `aggregation` one of "token", "sequence", "prompt";
+    `temperature` the rollouts' sampling temperature (their behaviour logprobs are under softmax(logits / T))."""
 
     def __init__(self, trainer: Trainer, info: DistInfo, *, objective: str, options: dict[str, float],
                  aggregation: str, minibatches: int, micro_batch_size: int, aux_loss_coef: float, seed: int,
-                 pad_id: int, save_dir: str | Path) -> None:
+                 pad_id: int, save_dir: str | Path, temperature: float = 1.0) -> None:
         self.trainer, self.info = trainer, info
         self.objective, self.options, self.aggregation = objective, options, aggregation
         self.minibatches, self.micro_batch_size = minibatches, micro_batch_size
         self.aux_loss_coef, self.seed, self.pad_id, self.save_dir = aux_loss_coef, seed, pad_id, Path(save_dir)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
         self.step = 0
         self._maxdiff: list[float] = []
 
@@ -121,9 +125,11 @@ class PolicyUpdate:
         mask = b.loss_mask_BT.to(dev)
         behaviour = b.behaviour_logp_BT.to(dev)
         out = model(ids)
-        logp = token_logprobs(out.logits, ids)
+        # the policy that sampled the rollouts is softmax(logits / T): the ratio and gradient are taken under it
+        logits = out.logits if self.temperature == 1.0 else out.logits.float() / self.temperature
+        logp = token_logprobs(logits, ids)
         with torch.no_grad():
-            entropy = token_entropy(out.logits.detach())
+            entropy = token_entropy(logits.detach())
         loss_w, sums = policy_loss(self.objective, logp, behaviour, b.advantages_B.to(dev), mask,
                                    weights_BT=micro.weights_BT.to(dev), entropy_BT=entropy, **self.options)
         loss = loss_w * micro.total_tokens
