@@ -4,6 +4,8 @@ step equals the model's layers; logprobs equal the full forward's."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -77,6 +79,31 @@ def test_processed_logprobs_match_the_full_forward_at_the_temperature(text01):
     assert not torch.allclose(ref, raw, atol=1e-3)  # the two modes really differ at T = 0.6
     streamed = [ev.logprob for ev in llm.stream(p, params)]
     assert torch.allclose(torch.tensor(streamed), ref, atol=1e-5)
+
+
+def test_top_logprobs_are_the_full_forwards_most_likely_tokens(text01):
+    """``top_logprobs=k``: per sampled token, the k largest raw logprobs of the full forward at that position, most
+    likely first; the chosen token's own logprob is among them whenever it ranks in the top k. A continuation
+    keeps the first request's entries and has None at forced tokens."""
+    p = prompts_of([7])[0]
+    params = SamplingParams(max_tokens=5, temperature=1.0, seed=11, logprobs=True, top_logprobs=3, ignore_eos=True)
+    llm = LLM(text01)
+    o = llm.generate([p], params)[0]
+    with torch.no_grad():
+        logp = torch.log_softmax(text01(torch.tensor([p + o.token_ids])).logits[0].float(), -1)[len(p) - 1 : -1]
+    vals, ids = logp.topk(3, dim=-1)
+    assert len(o.top_logprobs) == 5
+    for t, (tok, top) in enumerate(zip(o.token_ids, o.top_logprobs)):
+        assert [i for i, _ in top] == ids[t].tolist()
+        assert torch.allclose(torch.tensor([v for _, v in top]), vals[t], atol=1e-5)
+        if tok in ids[t].tolist():
+            assert dict(top)[tok] == pytest.approx(o.logprobs[t], abs=1e-5)
+    streamed = [ev.top_logprobs for ev in llm.stream(p, params)]
+    assert [[i for i, _ in s] for s in streamed] == [[i for i, _ in s] for s in o.top_logprobs]
+    more = llm.continue_(o, forced=[1, 2], params=dataclasses.replace(params, max_tokens=2))[0]
+    assert more.top_logprobs[:5] == o.top_logprobs and more.top_logprobs[5:7] == [None, None]
+    assert all(len(t) == 3 for t in more.top_logprobs[7:]) and len(more.top_logprobs) == 9
+    assert LLM(text01).generate([p], SamplingParams(max_tokens=2))[0].top_logprobs == [None, None]
 
 
 @pytest.mark.parametrize("family", ["text01", "m2"])

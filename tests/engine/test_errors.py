@@ -22,6 +22,9 @@ from xinzhou.engine import LLM, EngineConfig, SamplingParams
     ({"stop": 3.0}, "stop must be a str, an int token id, or an iterable"),
     ({"repetition_stop": (0, 0.99)}, "repetition_stop must be"),
     ({"seed": "7"}, "seed must be an int"),
+    ({"top_logprobs": 21, "logprobs": True}, r"top_logprobs must be an int in \[0, 20\], got 21"),
+    ({"top_logprobs": 2}, "top_logprobs needs logprobs=True"),
+    ({"top_logprobs": 2, "logprobs": True, "logprobs_mode": "processed"}, "logprobs_mode='raw'"),
     ({"logprobs_mode": "sampled"}, "logprobs_mode must be one of 'raw', 'processed', got 'sampled'"),
 ])
 def test_bad_sampling_params(kwargs, match):

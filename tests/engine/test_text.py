@@ -119,3 +119,20 @@ def test_generate_command_streams(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert main(["generate", "--model", str(tmp_path / "ck"), "--prompt", "x", "--top-p", "2"]) == 2
     assert "top_p must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_token_bytes_are_each_tokens_exact_bytes():
+    """Byte-level BPE pieces map back to their bytes, even a piece that ends inside a UTF-8 character (whose
+    ``decode`` alone shows U+FFFD); special tokens give their text; the bytes of all tokens are the text's bytes."""
+    from xinzhou.data.corpus import default_corpus
+    from xinzhou.data.tokenizer import train_tokenizer
+    from xinzhou.engine.detokenizer import TokenizerAdapter
+
+    raw = train_tokenizer(default_corpus()[:50], 300)
+    text = "héllo 心舟 ok]~b]"
+    for tok in (TokenizerAdapter(raw), TokenizerAdapter(raw.backend)):
+        ids = tok.encode(text)
+        pieces = [tok.token_bytes(i) for i in ids]
+        assert b"".join(pieces) == text.encode("utf-8")
+        assert any(p and p[-1] >= 0x80 and tok.decode([i]).endswith("\ufffd") for p, i in zip(pieces, ids))
+        assert tok.token_bytes(raw.special_ids["]~b]"]) == b"]~b]"

@@ -190,3 +190,42 @@ def test_in_process_engine_backend(tiny_checkpoint):
         assert backend.engine.cache.num_free == 4
     finally:
         torch.set_num_threads(threads)
+
+
+def test_logprobs_through_the_sdk_equal_the_engines(tiny_server, tiny_checkpoint):
+    """``logprobs`` / ``top_logprobs`` through the official SDK: one entry per sampled token with the engine's own
+    values for the same rendered prompt (the engine's are tested against full forwards), the token's exact bytes,
+    the same entries streamed; ``top_logprobs`` without ``logprobs`` is a 400."""
+    from xinzhou.chat.types import to_messages
+    from xinzhou.engine import LLM, SamplingParams
+    from xinzhou.serve.generation import ChatJob
+
+    server, _ = tiny_server
+    c = oa(server)
+    kw = {"model": "tiny", "messages": USER, "max_tokens": 10, "temperature": 0, "logprobs": True,
+          "top_logprobs": 3, "extra_body": {"ignore_eos": True}}
+    whole = c.chat.completions.create(**kw)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens == 10
+    llm = LLM(str(tiny_checkpoint))
+    ref = llm.generate([ChatJob(to_messages(USER)).prompt()], SamplingParams(
+        max_tokens=10, temperature=0, logprobs=True, top_logprobs=3, ignore_eos=True))[0]
+    tok = llm.engine.tokenizer
+    for entry, t, lp, top in zip(content, ref.token_ids, ref.logprobs, ref.top_logprobs):
+        assert bytes(entry.bytes) == tok.token_bytes(t) and entry.token == tok.decode([t])
+        assert abs(entry.logprob - lp) < 1e-5 and entry.logprob == entry.top_logprobs[0].logprob  # greedy: top-1
+        assert [bytes(e.bytes) for e in entry.top_logprobs] == [tok.token_bytes(i) for i, _ in top]
+        assert all(abs(e.logprob - v) < 1e-5 for e, (_, v) in zip(entry.top_logprobs, top))
+    assert b"".join(bytes(e.bytes) for e in content).decode("utf-8", "replace") == tok.decode(ref.token_ids)
+    streamed = []
+    for chunk in c.chat.completions.create(**kw, stream=True):
+        for ch in chunk.choices:
+            streamed += ch.logprobs.content if ch.logprobs and ch.logprobs.content else []
+    assert [(e.token, e.logprob, e.bytes) for e in streamed] == [(e.token, e.logprob, e.bytes) for e in content]
+    plain = c.chat.completions.create(model="tiny", messages=USER, max_tokens=2)
+    assert plain.choices[0].logprobs is None
+    try:
+        c.chat.completions.create(model="tiny", messages=USER, max_tokens=2, top_logprobs=2)
+        raise AssertionError("top_logprobs without logprobs was accepted")
+    except openai.BadRequestError as e:
+        assert "top_logprobs requires logprobs" in str(e)

@@ -18,6 +18,20 @@ from xinzhou.data.tokenizer import MarkedText, encode_marked
 EOS_TEXT = "[e~["  # MiniMax-M2's end-of-message token
 
 
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2's ``bytes_to_unicode``) inverted: the printable character that stands for
+    each byte in a vocabulary piece -> the byte."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b], extra = chr(256 + extra), extra + 1
+    return {c: b for b, c in chars.items()}
+
+
+BYTE_DECODER = _byte_decoder()
+
+
 class TokenizerAdapter:
     """``encode(text) -> ids`` (no special tokens added), ``decode(ids) -> text`` (special tokens kept) and the
     end-of-sequence ids, over a :class:`xinzhou.data.tokenizer.Tokenizer`, a ``tokenizers.Tokenizer`` or a
@@ -54,6 +68,30 @@ class TokenizerAdapter:
         if self.kind == "xinzhou":
             return self.tokenizer.decode(ids)
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for: its byte-level BPE piece mapped back to bytes (a piece may hold part of
+        a UTF-8 character, which ``decode([id])`` shows as U+FFFD); special tokens and pieces of other tokenizer
+        kinds (e.g. SentencePiece) by the UTF-8 of their decoded text."""
+        if self.kind == "transformers":
+            piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        else:
+            piece = self.tokenizer.id_to_token(token_id)
+        if piece is not None and piece not in self._special_pieces():
+            try:
+                return bytes(BYTE_DECODER[c] for c in piece)
+            except KeyError:
+                pass
+        return self.decode([token_id]).encode("utf-8")
+
+    def _special_pieces(self) -> frozenset[str]:
+        cached = getattr(self, "_specials", None)
+        if cached is None:
+            from xinzhou.data.tokenizer import SPECIAL_TOKENS  # noqa: PLC0415
+
+            extra = getattr(self.tokenizer, "all_special_tokens", None) or []
+            cached = self._specials = frozenset([*SPECIAL_TOKENS, *extra])
+        return cached
 
 
 class IncrementalText:

@@ -101,7 +101,7 @@ class Engine:
         if bad:
             raise ValueError(f"stop token ids {bad} are outside the vocabulary [0, {self.vocab_size})")
         if history is None:
-            ids, prompt_len, mask, logprobs = self.encode(prompt), None, [], []
+            ids, prompt_len, mask, logprobs, top = self.encode(prompt), None, [], [], []
         else:
             forced_ids = self.encode(forced) if forced is not None and len(forced) else []
             ids = list(history.all_token_ids) + forced_ids
@@ -111,10 +111,11 @@ class Engine:
             prompt_len = len(history.prompt_token_ids)
             mask = list(history.mask) + [0] * len(forced_ids)
             logprobs = list(history.logprobs) + [None] * len(forced_ids)
+            top = list(history.top_logprobs or [None] * len(history.token_ids)) + [None] * len(forced_ids)
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)))
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
         seq = Sequence(-1, params, ids, len(ids) if prompt_len is None else prompt_len,
-                       torch.Generator().manual_seed(seed), frozenset(stop_ids), mask, logprobs)
+                       torch.Generator().manual_seed(seed), frozenset(stop_ids), mask, logprobs, top)
         if self.tokenizer is not None:
             seq.text = IncrementalText(self.tokenizer, params.stop_strings, seq.completion_ids,
                                        incremental=stream or bool(params.stop_strings))
@@ -193,18 +194,19 @@ class Engine:
         tokens = tokens_B.tolist()
         lps = logprobs_B.tolist() if logprobs_B is not None else [None] * len(rows)
         processed = self.sampler.processed_B.tolist() if self.sampler.processed_B is not None else None
+        top = _top_logprobs(logits_BV, [s.params.top_logprobs for s in rows])
         events = []
         for i, s in enumerate(rows):
             try:
                 events.append(self._accept(s, tokens[i], lps[i], logits_BV[i],
-                                           processed[i] if sample_rows[i].processed_logprobs else None))
+                                           processed[i] if sample_rows[i].processed_logprobs else None, top[i]))
             except Exception as e:  # noqa: BLE001 (one request's failure must not take the batch down)
                 s.error = f"{type(e).__name__}: {e}"
                 events.append(self._finish(s, "error"))
         return events
 
     def _accept(self, seq: Sequence, token: int, logprob: float | None, logits_V: torch.Tensor,
-                processed: float | None = None) -> StreamOutput:
+                processed: float | None = None, top: list[tuple[int, float]] | None = None) -> StreamOutput:
         """``logprob`` is the raw model's (repetition stop uses it); ``processed`` the sampling distribution's,
         reported instead when the request asked for ``logprobs_mode="processed"``."""
         p = seq.params
@@ -215,6 +217,7 @@ class Engine:
         seq.mask.append(1)
         reported = processed if processed is not None else logprob
         seq.logprobs.append(reported if p.logprobs else None)
+        seq.top_logprobs.append(top)
         seq.num_sampled += 1
         reason = None
         stopped_by_string = seq.text is not None and seq.text.append(token)
@@ -231,12 +234,12 @@ class Engine:
         if reason is None and (seq.num_sampled >= p.max_tokens or len(seq.token_ids) >= self.max_model_len):
             reason = "length"
         if reason is not None:
-            return self._finish(seq, reason, token, reported)
+            return self._finish(seq, reason, token, reported, top)
         delta = seq.text.stream_delta(False) if seq.text is not None and seq.text.incremental else ""
-        return StreamOutput(seq.index, seq.request_id, token, delta, reported)
+        return StreamOutput(seq.index, seq.request_id, token, delta, reported, top_logprobs=top)
 
     def _finish(self, seq: Sequence, reason: str, token: int | None = None,
-                logprob: float | None = None) -> StreamOutput:
+                logprob: float | None = None, top: list[tuple[int, float]] | None = None) -> StreamOutput:
         if seq.status == Status.RUNNING and reason in ("stop", "length", "repetition"):
             self._save_prefix(seq)
         self.scheduler.remove(seq)
@@ -253,7 +256,7 @@ class Engine:
         self._outputs[seq.request_id] = seq.to_output()
         del self._seqs[seq.request_id]
         return StreamOutput(seq.index, seq.request_id, token, delta, logprob, True, seq.finish_reason,
-                            seq.stop_reason)
+                            seq.stop_reason, top)
 
     def _save_prefix(self, seq: Sequence) -> None:
         """Leave the finished sequence's state in the prefix cache (the last token was sampled, not computed)."""
@@ -267,3 +270,17 @@ class Engine:
 
 def _log(p: float) -> float:
     return math.log(p) if p > 0 else float("-inf")
+
+
+def _top_logprobs(logits_BV: torch.Tensor, ks: list[int]) -> list[list[tuple[int, float]] | None]:
+    """Per row, its ``k`` most likely tokens and their raw-model fp32 logprobs (None where ``k`` is 0): one
+    ``topk`` over the rows that ask, at the largest ``k``."""
+    rows = [i for i, k in enumerate(ks) if k]
+    out: list[list[tuple[int, float]] | None] = [None] * len(ks)
+    if not rows:
+        return out
+    sub = logits_BV[rows].float()
+    vals, ids = torch.log_softmax(sub, dim=-1).topk(max(ks[i] for i in rows), dim=-1)
+    for r, v, t in zip(rows, vals.tolist(), ids.tolist()):
+        out[r] = list(zip(t[: ks[r]], v[: ks[r]]))
+    return out

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 LOGPROBS_MODES = ("raw", "processed")
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 @dataclass
@@ -35,6 +36,8 @@ class SamplingParams:
             temperature 1. ``"processed"``: the distribution the token was actually drawn from (after temperature,
             top-k and top-p, renormalised; 0.0 for greedy), i.e. the behaviour policy of an RL rollout at
             temperature != 1 (vLLM's ``processed_logprobs``). ``repetition_stop`` always uses raw probabilities.
+        top_logprobs: with ``logprobs``, also return the ``top_logprobs`` (0 to 20) most likely tokens of each
+            sampled position and their raw-model logprobs (OpenAI's ``top_logprobs``); 0 returns none.
         repetition_stop: ``(n, p)``: stop (reason ``"repetition"``) once ``n`` consecutive sampled tokens each had
             raw-model probability above ``p`` (MiniMax-M1's early truncation: 3000 tokens above 0.99 at scale).
         ignore_eos: do not stop on the model's end-of-sequence token (benchmarks).
@@ -48,6 +51,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     logprobs_mode: str = "raw"
+    top_logprobs: int = 0
     repetition_stop: tuple[int, float] | None = None
     ignore_eos: bool = False
     stop_strings: tuple[str, ...] = field(init=False, repr=False)
@@ -65,6 +69,13 @@ class SamplingParams:
         if self.logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode must be one of {', '.join(map(repr, LOGPROBS_MODES))}, got "
                              f"{self.logprobs_mode!r}")
+        if isinstance(self.top_logprobs, bool) or not isinstance(self.top_logprobs, int) \
+                or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be an int in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=True")
+        if self.top_logprobs and self.logprobs_mode != "raw":
+            raise ValueError("top_logprobs are the raw model's; they need logprobs_mode='raw'")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an int or None, got {self.seed!r}")
         if self.repetition_stop is not None:

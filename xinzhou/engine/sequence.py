@@ -42,6 +42,8 @@ class RequestOutput:
         logprobs: per completion token, the logprob of a sampled token when ``SamplingParams.logprobs`` is set
             (raw model at temperature 1, or the sampling distribution with ``logprobs_mode="processed"``); None
             for forced tokens (and when not asked).
+        top_logprobs: per completion token, ``SamplingParams.top_logprobs`` pairs ``(token id, raw logprob)``,
+            most likely first, for a sampled token when asked; None for forced tokens (and when not asked).
         text: the completion decoded (special tokens kept), cut before a matched stop string; "" without tokenizer.
         finish_reason: ``"stop"`` (stop token or string), ``"length"`` (``max_tokens`` or the model's context),
             ``"repetition"`` (``repetition_stop``), ``"abort"`` or ``"error"`` (see ``error``).
@@ -62,6 +64,7 @@ class RequestOutput:
     num_cached_tokens: int = 0
     error: str | None = None
     stop_reason: str | int | None = None
+    top_logprobs: list[list[tuple[int, float]] | None] = field(default_factory=list)
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -81,6 +84,7 @@ class StreamOutput:
     finished: bool = False
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    top_logprobs: list[tuple[int, float]] | None = None  # SamplingParams.top_logprobs (id, raw logprob) pairs
 
 
 @dataclass(eq=False)
@@ -93,6 +97,7 @@ class Sequence:
     stop_ids: frozenset[int]
     mask: list[int] = field(default_factory=list)
     logprobs: list[float | None] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]] | None] = field(default_factory=list)
     text: IncrementalText | None = None
     status: Status = Status.WAITING
     slot: int = -1
@@ -120,4 +125,4 @@ class Sequence:
         text = self.text.final_text() if self.text is not None else ""
         return RequestOutput(self.request_id, self.token_ids[: self.prompt_len], self.completion_ids, self.mask,
                              self.logprobs, text, self.finish_reason or "abort", self.num_cached_tokens, self.error,
-                             self.stop_reason)
+                             self.stop_reason, self.top_logprobs)

@@ -37,7 +37,15 @@ from xinzhou.chat.types import (
 )
 from xinzhou.engine import SamplingParams
 from xinzhou.serve.errors import APIError, error_body
-from xinzhou.serve.generation import ChatJob, ChoiceEnd, ChoiceResult, Generation, GenerationError, TextDelta
+from xinzhou.serve.generation import (
+    ChatJob,
+    ChoiceEnd,
+    ChoiceResult,
+    Generation,
+    GenerationError,
+    TextDelta,
+    ToolCallDelta,
+)
 from xinzhou.serve.limits import ServerConfig
 from xinzhou.serve.openai_protocol import NAME_PATTERN, SEED_RANGE
 
@@ -269,7 +277,7 @@ async def stream(gen: Generation, model: str, show_thinking: bool) -> AsyncItera
                 yield event("content_block_delta", {"index": index, "delta": delta})
             elif isinstance(e, ChoiceEnd):
                 end = e
-            else:
+            elif isinstance(e, ToolCallDelta):  # (logprobs are never asked for here: the API has none)
                 for s in close():
                     yield s
                 index, open_kind = index + 1, None

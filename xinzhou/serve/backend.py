@@ -57,6 +57,8 @@ class Stream:
                 while not chunk.finished and not self._queue.empty():
                     more = self._queue.get_nowait()
                     more.text, more.tokens = chunk.text + more.text, chunk.tokens + more.tokens
+                    if chunk.logprobs is not None:
+                        more.logprobs = chunk.logprobs + (more.logprobs or [])
                     chunk = more
                 self.finished = chunk.finished
                 yield chunk

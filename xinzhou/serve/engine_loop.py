@@ -31,7 +31,10 @@ class Chunk:
     (``max_tokens`` or the context), ``"repetition"``, ``"abort"`` or ``"error"`` (see ``error``).
     ``stop_sequence`` names the stop string that ended the text, if one did (the engine's ``stop_reason`` when it
     is a string; a stop token id has no place in the APIs served). ``cached_tokens`` is the number of
-    prompt tokens restored from the engine's prefix cache instead of being computed.
+    prompt tokens restored from the engine's prefix cache instead of being computed. ``logprobs`` (when the
+    request's params ask for them) has one entry per sampled token of the chunk, in OpenAI's shape:
+    ``{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}``; the model's
+    end-of-message token, which ends the text without being part of it, has none.
     """
 
     text: str
@@ -40,6 +43,7 @@ class Chunk:
     stop_sequence: str | None = None
     cached_tokens: int = 0
     error: str | None = None
+    logprobs: list[dict[str, Any]] | None = None
 
     @property
     def finished(self) -> bool:
@@ -59,6 +63,7 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
     while for one when ``block``); ``emit(messages)`` hands one iteration's results back."""
     keys: dict[int, Any] = {}  # engine request id -> caller key
     rids: dict[Any, int] = {}  # caller key -> engine request id
+    with_logprobs: set[int] = set()  # engine request ids whose params ask for logprobs
     while True:
         out: list[tuple] = []
         freed = False  # an abort frees a slot without other output: report the slots anyway
@@ -79,10 +84,13 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
                     continue
                 rid = engine.submit(seq)
                 keys[rid], rids[key] = key, rid
+                if params.logprobs:
+                    with_logprobs.add(rid)
                 out.append(("admitted", key, seq.prompt_len))
             elif msg[0] == "abort" and msg[1] in rids:
                 rid = rids.pop(msg[1])
                 del keys[rid]
+                with_logprobs.discard(rid)
                 engine.abort(rid)
                 engine.discard_output(rid)
                 freed = True
@@ -103,7 +111,11 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
                 if key is None:
                     continue
                 chunk = Chunk(ev.text, int(ev.token_id is not None))
+                if ev.request_id in with_logprobs:
+                    chunk.logprobs = [] if ev.token_id is None or ev.token_id in engine.eos_ids else \
+                        [logprob_entry(engine, ev.token_id, ev.logprob, ev.top_logprobs)]
                 if ev.finished:
+                    with_logprobs.discard(ev.request_id)
                     del keys[ev.request_id]
                     rids.pop(key)
                     chunk = _last_chunk(engine, chunk, ev.request_id, ev.finish_reason)
@@ -111,6 +123,15 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
         if out or freed:
             out.append(("slots", engine.cache.num_free))
             emit(out)
+
+
+def logprob_entry(engine: Engine, token_id: int, logprob: float | None,
+                  top: list[tuple[int, float]] | None) -> dict[str, Any]:
+    """One token's logprobs in OpenAI's shape (``token`` is the token's own text, ``bytes`` its exact bytes)."""
+    def one(t: int, lp: float | None) -> dict[str, Any]:
+        return {"token": engine.tokenizer.decode([t]), "logprob": lp, "bytes": list(engine.tokenizer.token_bytes(t))}
+
+    return {**one(token_id, logprob), "top_logprobs": [one(t, lp) for t, lp in top or []]}
 
 
 def _last_chunk(engine: Engine, chunk: Chunk, rid: int, reason: str) -> Chunk:

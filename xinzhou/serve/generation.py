@@ -113,6 +113,15 @@ class ToolCallDelta:
 
 
 @dataclass
+class LogprobsDelta:
+    """Logprobs of newly sampled tokens (requests with ``params.logprobs``), in OpenAI's ``logprobs.content``
+    shape; they come before the text events of the same tokens."""
+
+    index: int
+    content: list[dict]
+
+
+@dataclass
 class ChoiceEnd:
     index: int
     finish_reason: Literal["stop", "length", "tool_calls"]
@@ -121,7 +130,7 @@ class ChoiceEnd:
     cached_tokens: int
 
 
-ChoiceEvent = TextDelta | ToolCallDelta | ChoiceEnd
+ChoiceEvent = TextDelta | ToolCallDelta | LogprobsDelta | ChoiceEnd
 
 
 class GenerationError(RuntimeError):
@@ -222,6 +231,8 @@ class Generation:
             tokens += chunk.tokens
             if chunk.finish_reason == "error":
                 raise GenerationError(chunk.error or "the sequence failed")
+            if chunk.logprobs:
+                yield LogprobsDelta(i, chunk.logprobs)
             try:
                 events = parser.feed(chunk.text) if chunk.text else []
                 if chunk.finished:
@@ -281,14 +292,17 @@ class ChoiceResult:
     content: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     end: ChoiceEnd | None = None
+    logprobs: list[dict] | None = None  # with params.logprobs: one entry per sampled token
 
 
 async def collect(gen: Generation) -> list[ChoiceResult]:
     """Run a generation to the end and add up each choice's events."""
-    results = [ChoiceResult(i) for i in range(gen.job.n)]
+    results = [ChoiceResult(i, logprobs=[] if gen.job.params.logprobs else None) for i in range(gen.job.n)]
     async for e in gen.events():
         r = results[e.index]
-        if isinstance(e, TextDelta):
+        if isinstance(e, LogprobsDelta):
+            r.logprobs += e.content
+        elif isinstance(e, TextDelta):
             if e.kind == "reasoning":
                 r.reasoning += e.text
             else:

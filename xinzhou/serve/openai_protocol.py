@@ -9,6 +9,11 @@ chain. Tool-call arguments are JSON strings of values typed by the tool's schema
 string parameter). A streamed tool call is two deltas: ``index``, ``id``, ``type`` and ``name`` with empty
 arguments, then the arguments.
 
+``logprobs`` / ``top_logprobs`` (up to 20) return the raw model's fp32 logprobs of every sampled token, thinking and
+tool-call markup included (the text of all three fields comes from them), in ``choices[i].logprobs.content``
+(OpenAI's shape: ``token``, ``logprob``, ``bytes``, ``top_logprobs``); streamed, each engine step's tokens arrive in
+a chunk of their own with an empty delta, before the text they produce.
+
 Extensions accepted besides the standard fields: ``top_k``, ``ignore_eos`` (vLLM's, for benchmarks),
 ``reasoning_split`` (MiniMax's; reasoning is always split). Other unknown fields are ignored.
 """
@@ -32,6 +37,7 @@ from xinzhou.serve.generation import (
     ChoiceResult,
     Generation,
     GenerationError,
+    LogprobsDelta,
     TextDelta,
     ToolCallDelta,
 )
@@ -117,6 +123,8 @@ class ChatCompletionRequest(_In):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     ignore_eos: bool = Field(False, description="extension: do not stop at the end-of-message token")
 
 
@@ -146,6 +154,8 @@ def to_job(req: ChatCompletionRequest, config: ServerConfig) -> ChatJob:
     if max_tokens is not None and max_tokens > config.max_tokens_limit:
         raise APIError(400, f"max_tokens is {max_tokens}; this server allows at most {config.max_tokens_limit}",
                        param="max_tokens")
+    if req.top_logprobs and not req.logprobs:
+        raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     if req.n > config.max_n:
         raise APIError(400, f"n is {req.n}; this server allows at most {config.max_n}", param="n")
     choice = req.tool_choice or "auto"
@@ -160,6 +170,8 @@ def to_job(req: ChatCompletionRequest, config: ServerConfig) -> ChatJob:
         stop=stop or None,
         seed=None if req.seed is None else req.seed % SEED_RANGE,
         ignore_eos=req.ignore_eos,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs or 0,
     )
     tools = [ToolSpec(t.function.name, t.function.description,
                       t.function.parameters or {"type": "object", "properties": {}}) for t in req.tools or []]
@@ -200,7 +212,8 @@ def completion(model: str, prompt_tokens: int, results: list[ChoiceResult]) -> d
         if r.tool_calls:
             message["tool_calls"] = [{"id": call_id(), "type": "function", "function": {
                 "name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}} for c in r.tool_calls]
-        choices.append({"index": r.index, "message": message, "logprobs": None,
+        logprobs = None if r.logprobs is None else {"content": r.logprobs, "refusal": None}
+        choices.append({"index": r.index, "message": message, "logprobs": logprobs,
                         "finish_reason": r.end.finish_reason if r.end else "stop"})
     return {"id": cid, "object": "chat.completion", "created": created, "model": model, "choices": choices,
             "usage": usage(prompt_tokens, [r.end for r in results if r.end])}
@@ -216,9 +229,10 @@ async def stream(gen: Generation, model: str, include_usage: bool) -> AsyncItera
     chunk (``include_usage``), ``[DONE]``. A failing sequence ends the stream with an ``error`` event."""
     cid, created = new_ids()
 
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> str:
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: list | None = None) -> str:
+        lp = None if logprobs is None else {"content": logprobs, "refusal": None}
         return sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+                    "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}]})
 
     for i in range(gen.job.n):
         yield chunk(i, {"role": "assistant", "content": ""})
@@ -226,7 +240,9 @@ async def stream(gen: Generation, model: str, include_usage: bool) -> AsyncItera
     ends: list[ChoiceEnd] = []
     try:
         async for e in gen.events():
-            if isinstance(e, TextDelta):
+            if isinstance(e, LogprobsDelta):
+                yield chunk(e.index, {}, logprobs=e.content)
+            elif isinstance(e, TextDelta):
                 yield chunk(e.index, reasoning_fields(e.text) if e.kind == "reasoning" else {"content": e.text})
             elif isinstance(e, ToolCallDelta):
                 k = calls[e.index]
