@@ -8,7 +8,9 @@ Reads ``config.json`` of ``model_type``:
   unless the config carries ``rotary_dim``, rotates the whole head);
 * ``minimax_m2`` — MiniMax-M2 (QK-norm, sigmoid router with ``e_score_correction_bias``, partial RoPE);
 
-with weights in ``model.safetensors`` or sharded with ``model.safetensors.index.json``, in either expert layout:
+with weights in ``model.safetensors`` or sharded with ``model.safetensors.index.json`` (FP8 block-quantized
+weights, as MiniMax-M2 is published, are dequantized on load and its MTP layers set aside: ``published.py``),
+in either expert layout:
 the published per-expert one (``block_sparse_moe.experts.N.w1/w2/w3``) or the fused one transformers 5 writes
 (``mlp.experts.gate_up_proj`` / ``down_proj``). Writes the published per-expert layout (what vLLM and SGLang read
 and transformers converts on load) with a ``minimax`` / ``minimax_m2`` config, atomically.
@@ -29,6 +31,7 @@ from safetensors.torch import save_file
 
 from xinzhou.configs.model import FULL, LINEAR, ModelConfig
 from xinzhou.fileio import apply_default_mode, mkdtemp
+from xinzhou.model.published import dequantize_fp8, drop_mtp_layers, has_mtp, is_fp8_checkpoint
 
 MODEL_TYPES = ("minimax_text_01", "minimax", "minimax_m2")
 _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
@@ -214,6 +217,13 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _config_dtype(raw: dict) -> torch.dtype | None:
+    name = raw.get("dtype") or raw.get("torch_dtype")
+    t = getattr(torch, name, None) if isinstance(name, str) else None
+    return t if isinstance(t, torch.dtype) and t.is_floating_point and t not in (torch.float8_e4m3fn,
+                                                                                 torch.float8_e5m2) else None
+
+
 def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
     """Load a Hugging Face checkpoint directory into a :class:`xinzhou.Model` (eval mode).
 
@@ -227,7 +237,13 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
         raise ValueError(f"{path} is not a checkpoint directory: config.json not found")
     raw = json.loads((path / "config.json").read_text())
     cfg = ModelConfig.from_dict(raw["xinzhou_config"]) if "xinzhou_config" in raw else config_from_hf(raw)
-    sd = hf_to_state_dict(_read_tensors(path), cfg)
+    tensors = _read_tensors(path)
+    if has_mtp(raw):
+        tensors = drop_mtp_layers(tensors, cfg.num_layers)
+    if is_fp8_checkpoint(raw):  # dequantize to the dtype the checkpoint was trained in (M2: bf16)
+        dtype = dtype or _config_dtype(raw) or torch.bfloat16
+        tensors = dequantize_fp8(tensors, raw, dtype)
+    sd = hf_to_state_dict(tensors, cfg)
     with torch.device("meta"):
         model = Model(cfg)
     expected = {k: v for k, v in model.state_dict().items()}
