@@ -59,6 +59,16 @@ class ScriptedBackend:
         self._tasks[stream] = asyncio.create_task(self._play(stream, self._reply(prompt), params))
         return stream
 
+    async def score(self, prompt: str | list[int], top_logprobs: int = 0) -> list[dict[str, Any]]:
+        """Scripted prompt scores: one "token" per ``chunk`` characters (or per id), logprob -1 (none first)."""
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        pieces = ([prompt[i : i + self.chunk] for i in range(0, len(prompt), self.chunk)] if isinstance(prompt, str)
+                  else [f"<{t}>" for t in prompt])
+        alt = [{"token": f"alt{k}", "logprob": -2.0 - k, "bytes": list(f"alt{k}".encode())} for k in range(top_logprobs)]
+        return [{"token": p, "logprob": None if i == 0 else -1.0, "bytes": list(p.encode()), "top_logprobs": alt}
+                for i, p in enumerate(pieces)]
+
     def _abort(self, stream: Stream) -> None:
         task = self._tasks.pop(stream, None)
         if task is not None:

@@ -21,6 +21,7 @@ from xinzhou.engine.detokenizer import IncrementalText, TokenizerAdapter
 from xinzhou.engine.params import EngineConfig, SamplingParams
 from xinzhou.engine.prefix_cache import Checkpoint, PrefixCache
 from xinzhou.engine.runner import ModelRunner
+from xinzhou.engine.scoring import PromptScores, score_prompt
 from xinzhou.engine.sampler import Sampler, SampleRow
 from xinzhou.engine.scheduler import Scheduler
 from xinzhou.engine.sequence import RequestOutput, Sequence, Status, StreamOutput
@@ -87,6 +88,12 @@ class Engine:
             raise ValueError(f"the prompt has {len(ids)} tokens but the model's context is {self.max_model_len} "
                              f"(max_model_len), so at most {self.max_model_len - 1} prompt tokens fit")
         return ids
+
+    def score(self, prompt: Prompt, top_logprobs: int = 0) -> PromptScores:
+        """Log-probabilities of the prompt's own tokens (``scoring.py``); runs at once, outside the batch."""
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
+            raise ValueError(f"top_logprobs must be an int in [0, 20], got {top_logprobs!r}")
+        return score_prompt(self.runner.model, self.encode(prompt), top_logprobs)
 
     def make_sequence(self, prompt: Prompt, params: SamplingParams | None = None, *, stream: bool = False,
                       history: RequestOutput | None = None, forced: Prompt | None = None) -> Sequence:

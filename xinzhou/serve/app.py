@@ -1,7 +1,7 @@
 """The HTTP surface: FastAPI routes over a :class:`Backend`, nothing more.
 
-``create_app(backend, config)`` serves ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/messages``
-(Anthropic), ``GET /v1/models``, ``GET /health`` and the OpenAPI schema (``/openapi.json``, ``/docs``). The
+``create_app(backend, config)`` serves ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/completions``
+(OpenAI's legacy text completions, for evaluation harnesses), ``POST /v1/messages`` (Anthropic), ``GET /v1/models``, ``GET /health`` and the OpenAPI schema (``/openapi.json``, ``/docs``). The
 protocol modules own the shapes, ``generation.py`` owns what is generated, ``limits.py`` the gate, ``errors.py``
 the error bodies. Each generation request holds a place in the concurrency gate until its response ends; a
 streaming client that disconnects cancels its response, which aborts its sequences in the engine at once (a
@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from xinzhou.serve import anthropic_protocol, generation, openai_protocol
+from xinzhou.serve import anthropic_protocol, completions_protocol, generation, openai_protocol
 from xinzhou.serve.backend import Backend
 from xinzhou.serve.errors import APIError, install
 from xinzhou.serve.generation import ChatJob, Generation, GenerationError
@@ -106,6 +106,27 @@ def create_app(backend: Backend, config: ServerConfig | None = None) -> FastAPI:
         return await run(request, lambda: openai_protocol.to_job(body, config), body.stream, respond,
                          lambda gen: openai_protocol.stream(gen, body.model, include_usage))
 
+    @app.post("/v1/completions", summary="OpenAI (legacy) text completion", responses=ERROR_RESPONSES)
+    async def completions(body: completions_protocol.CompletionRequest, request: Request) -> Any:
+        check_model(body.model)
+        gate.enter()
+        try:
+            try:
+                run = completions_protocol.CompletionRun(backend, body, config)
+                await run.start()
+            except (ValueError, TypeError) as e:
+                raise APIError(400, str(e), code="invalid_request") from e
+            if body.stream:
+                return EventStream(completions_protocol.stream(run), run, gate)
+        except BaseException:
+            gate.leave()
+            raise
+        try:
+            return JSONResponse(await _unless_disconnected(request, completions_protocol.complete(run)))
+        finally:
+            await run.aclose()
+            gate.leave()
+
     @app.post("/v1/messages", summary="Anthropic message", responses=ERROR_RESPONSES)
     async def messages(body: anthropic_protocol.MessagesRequest, request: Request) -> Any:
         check_model(body.model)
@@ -124,7 +145,7 @@ def create_app(backend: Backend, config: ServerConfig | None = None) -> FastAPI:
         """The generated schema, with ``model`` narrowed to the served names (clients and fuzzers see them)."""
         if app.openapi_schema is None:
             schema = base_openapi()
-            for name in ("ChatCompletionRequest", "MessagesRequest"):
+            for name in ("ChatCompletionRequest", "CompletionRequest", "MessagesRequest"):
                 schema["components"]["schemas"][name]["properties"]["model"]["enum"] = list(models)
         return app.openapi_schema
 
@@ -136,7 +157,8 @@ class EventStream(StreamingResponse):
     """An SSE response that, however it ends (done, failed, or cancelled because the client left, even before
     the first byte), aborts the request's sequences and frees its place in the gate."""
 
-    def __init__(self, body: AsyncIterator[str], gen: Generation, gate: Gate) -> None:
+    def __init__(self, body: AsyncIterator[str], gen: Generation | completions_protocol.CompletionRun,
+                 gate: Gate) -> None:
         super().__init__(body, media_type="text/event-stream", headers=SSE_HEADERS)
         self.gen, self.gate = gen, gate
 

@@ -89,6 +89,11 @@ class Backend(Protocol):
 
     def stats(self) -> dict[str, int]: ...
 
+    async def score(self, prompt: str, top_logprobs: int = 0) -> list[dict[str, Any]]:
+        """Logprob entries of the prompt's own tokens (``/v1/completions`` with ``echo``); ``ValueError`` for a bad
+        prompt."""
+        ...
+
 
 class _EngineClient:
     """The event-loop side shared by both engine backends: keys, futures, streams, and routing of the loop's
@@ -124,6 +129,19 @@ class _EngineClient:
         stream.prompt_tokens = future.result()
         self.counts["submitted"] += 1
         return stream
+
+    async def score(self, prompt: str, top_logprobs: int = 0) -> list[dict[str, Any]]:
+        """The logprob entries (OpenAI's shape) of the prompt's own tokens; raises ``ValueError`` for a prompt
+        that cannot run. Scoring runs in the engine's loop between two steps."""
+        loop = asyncio.get_running_loop()
+        key = next(self._keys)
+        future = loop.create_future()
+        self._requests[key] = (Stream(lambda s: None), loop, future)
+        self._send(("score", key, prompt, top_logprobs))
+        try:
+            return await future
+        finally:
+            self._requests.pop(key, None)
 
     def _abort(self, key: int) -> None:
         if self._requests.pop(key, None) is not None:
@@ -166,7 +184,7 @@ class _EngineClient:
                 else:  # failed before it was admitted (the engine went away)
                     future.set_exception(RuntimeError(chunk.error or "the request failed"))
             elif not future.done():
-                if msg[0] == "admitted":
+                if msg[0] in ("admitted", "scored"):
                     future.set_result(msg[2])
                 else:
                     kind, text = msg[2], msg[3]

@@ -5,10 +5,12 @@ Why it is written against two plain callables (``receive``, ``emit``) instead of
 on a thread (tests, notebooks: messages are Python objects in a queue) and in a child process (``xinzhou serve``:
 messages are pickled through a pipe, and the engine's Python work no longer competes for the server's GIL).
 
-Messages in: ``("submit", key, prompt, params, strict)``, ``("abort", key)``, ``("stop",)``.
+Messages in: ``("submit", key, prompt, params, strict)``, ``("score", key, prompt, top_logprobs)``,
+``("abort", key)``, ``("stop",)``.
 Messages out, one list per iteration: ``("admitted", key, prompt_tokens)``, ``("rejected", key, kind, message)``
 (``kind`` is ``"ValueError"`` for the caller's mistakes), ``("chunk", key, Chunk)`` (the last chunk of a request has
-``finish_reason``), and last ``("slots", free_slots)``. Keys are the caller's; engine request ids stay inside.
+``finish_reason``), ``("scored", key, entries)`` (one logprob entry per prompt token, the first with
+``logprob`` None; scoring runs between two steps), and last ``("slots", free_slots)``. Keys are the caller's; engine request ids stay inside.
 """
 
 from __future__ import annotations
@@ -87,6 +89,15 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
                 if params.logprobs:
                     with_logprobs.add(rid)
                 out.append(("admitted", key, seq.prompt_len))
+            elif msg[0] == "score":
+                _, key, prompt, top = msg
+                try:
+                    s = engine.score(prompt, top)
+                except Exception as e:  # noqa: BLE001 (reported to the caller; ValueError is the request's fault)
+                    out.append(("rejected", key, type(e).__name__, str(e)))
+                    continue
+                out.append(("scored", key, [logprob_entry(engine, t, lp, tp)
+                                            for t, lp, tp in zip(s.token_ids, s.logprobs, s.top_logprobs)]))
             elif msg[0] == "abort" and msg[1] in rids:
                 rid = rids.pop(msg[1])
                 del keys[rid]
