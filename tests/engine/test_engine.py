@@ -107,6 +107,29 @@ def test_top_logprobs_are_the_full_forwards_most_likely_tokens(text01):
 
 
 @pytest.mark.parametrize("family", ["text01", "m2"])
+def test_score_equals_the_full_forward_across_chunks(family, text01, m2):
+    """``Engine.score``: each prompt token's logprob given the ones before, and the top-k, as one full forward
+    gives them, with the prompt run in chunks (here 3 chunks of 7) over a private cache."""
+    from xinzhou.engine.scoring import score_prompt
+
+    model = text01 if family == "text01" else m2
+    ids = prompts_of([20])[0]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)[:-1]
+    for s in (score_prompt(model, ids, top_logprobs=2, chunk=7), LLM(model).engine.score(ids, top_logprobs=2)):
+        assert s.token_ids == ids and s.logprobs[0] is None and s.top_logprobs[0] is None
+        ref = logp.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(s.logprobs[1:]), ref, atol=1e-5)
+        vals, top = logp.topk(2, dim=-1)
+        assert [[i for i, _ in t] for t in s.top_logprobs[1:]] == top.tolist()
+        assert torch.allclose(torch.tensor([[v for _, v in t] for t in s.top_logprobs[1:]]), vals, atol=1e-5)
+    with pytest.raises(ValueError, match="top_logprobs must be an int in"):
+        LLM(model).engine.score(ids, top_logprobs=21)
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        LLM(model).engine.score([])
+
+
+@pytest.mark.parametrize("family", ["text01", "m2"])
 def test_fast_decode_equals_model_layers_on_ragged_rows(family, text01, m2):
     model = text01 if family == "text01" else m2
     lengths = [5, 1, 12, 7]
