@@ -229,3 +229,31 @@ def test_logprobs_through_the_sdk_equal_the_engines(tiny_server, tiny_checkpoint
         raise AssertionError("top_logprobs without logprobs was accepted")
     except openai.BadRequestError as e:
         assert "top_logprobs requires logprobs" in str(e)
+
+
+def test_anthropic_count_tokens_equals_the_prompt_the_model_gets(tiny_server):
+    """``messages.count_tokens`` through the SDK: the same number a Messages request with those fields reports as
+    its input (``input_tokens`` + ``cache_read_input_tokens``; system, tools and a tool round trip included); a bad request is a 400 in Anthropic's
+    shape, an unknown model a 404."""
+    server, _ = tiny_server
+    c = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+    tools = [{"name": "lookup", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}]
+    convo = [USER[0], {"role": "assistant", "content": [
+                 {"type": "thinking", "thinking": "I should look it up.", "signature": ""},
+                 {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "sea"}}]},
+             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "Salty."}]}]
+    for kw in ({"messages": USER}, {"messages": convo, "system": "Be brief.", "tools": tools}):
+        n = c.messages.count_tokens(model="tiny", **kw).input_tokens
+        m = c.messages.create(model="tiny", max_tokens=1, **kw)
+        assert n == m.usage.input_tokens + (m.usage.cache_read_input_tokens or 0) > 0  # cached ones are apart
+    try:
+        c.messages.count_tokens(model="tiny", messages=USER, tool_choice={"type": "tool", "name": "nope"},
+                                tools=tools)
+        raise AssertionError("a tool_choice naming an unknown tool was accepted")
+    except anthropic.BadRequestError as e:
+        assert "not in 'tools'" in str(e)
+    try:
+        c.messages.count_tokens(model="other", messages=USER)
+        raise AssertionError("an unknown model was accepted")
+    except anthropic.NotFoundError:
+        pass

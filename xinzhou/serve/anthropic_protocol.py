@@ -132,6 +132,23 @@ class MessagesRequest(_In):
     ignore_eos: bool = Field(False, description="extension (vLLM's): do not stop at the end-of-message token")
 
 
+class CountTokensRequest(_In):
+    """``POST /v1/messages/count_tokens``: the prompt part of a Messages request."""
+
+    model: str
+    messages: list[MessageIn] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    tools: list[ToolIn] | None = None
+    tool_choice: ToolChoiceIn | None = None
+    thinking: ThinkingConfig | None = None
+
+
+def count_job(req: CountTokensRequest, config: ServerConfig) -> ChatJob:
+    """The chat whose rendered prompt a Messages request with these fields would send to the model."""
+    fields = req.model_dump(exclude_none=True)
+    return to_job(MessagesRequest(**fields, max_tokens=1), config)
+
+
 # ------------------------------------------------------------------------------------------------ request
 
 

@@ -1,7 +1,8 @@
 """The HTTP surface: FastAPI routes over a :class:`Backend`, nothing more.
 
 ``create_app(backend, config)`` serves ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/completions``
-(OpenAI's legacy text completions, for evaluation harnesses), ``POST /v1/messages`` (Anthropic), ``GET /v1/models``, ``GET /health`` and the OpenAPI schema (``/openapi.json``, ``/docs``). The
+(OpenAI's legacy text completions, for evaluation harnesses), ``POST /v1/messages`` and
+``POST /v1/messages/count_tokens`` (Anthropic), ``GET /v1/models``, ``GET /health`` and the OpenAPI schema (``/openapi.json``, ``/docs``). The
 protocol modules own the shapes, ``generation.py`` owns what is generated, ``limits.py`` the gate, ``errors.py``
 the error bodies. Each generation request holds a place in the concurrency gate until its response ends; a
 streaming client that disconnects cancels its response, which aborts its sequences in the engine at once (a
@@ -139,13 +140,23 @@ def create_app(backend: Backend, config: ServerConfig | None = None) -> FastAPI:
         return await run(request, lambda: anthropic_protocol.to_job(body, config), body.stream, respond,
                          lambda gen: anthropic_protocol.stream(gen, body.model, show))
 
+    @app.post("/v1/messages/count_tokens", summary="Anthropic token count of a Messages request's prompt",
+              responses=ERROR_RESPONSES)
+    async def count_tokens(body: anthropic_protocol.CountTokensRequest) -> dict[str, int]:
+        check_model(body.model)
+        try:
+            prompt = anthropic_protocol.count_job(body, config).prompt()
+        except (ValueError, TypeError) as e:
+            raise APIError(400, str(e), code="invalid_request") from e
+        return {"input_tokens": await backend.count_tokens(prompt)}
+
     base_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
         """The generated schema, with ``model`` narrowed to the served names (clients and fuzzers see them)."""
         if app.openapi_schema is None:
             schema = base_openapi()
-            for name in ("ChatCompletionRequest", "CompletionRequest", "MessagesRequest"):
+            for name in ("ChatCompletionRequest", "CompletionRequest", "MessagesRequest", "CountTokensRequest"):
                 schema["components"]["schemas"][name]["properties"]["model"]["enum"] = list(models)
         return app.openapi_schema
 

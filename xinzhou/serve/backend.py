@@ -94,6 +94,10 @@ class Backend(Protocol):
         prompt."""
         ...
 
+    async def count_tokens(self, prompt: str) -> int:
+        """Tokens in ``prompt`` (``/v1/messages/count_tokens``)."""
+        ...
+
 
 class _EngineClient:
     """The event-loop side shared by both engine backends: keys, futures, streams, and routing of the loop's
@@ -133,11 +137,19 @@ class _EngineClient:
     async def score(self, prompt: str, top_logprobs: int = 0) -> list[dict[str, Any]]:
         """The logprob entries (OpenAI's shape) of the prompt's own tokens; raises ``ValueError`` for a prompt
         that cannot run. Scoring runs in the engine's loop between two steps."""
+        return await self._ask("score", prompt, top_logprobs)
+
+    async def count_tokens(self, prompt: str) -> int:
+        """How many tokens the engine's tokenizer makes of ``prompt`` (no length limit applies)."""
+        return await self._ask("count", prompt)
+
+    async def _ask(self, kind: str, *args: Any) -> Any:
+        """A one-shot question to the engine loop, answered by a ``("scored", key, result)`` message."""
         loop = asyncio.get_running_loop()
         key = next(self._keys)
         future = loop.create_future()
         self._requests[key] = (Stream(lambda s: None), loop, future)
-        self._send(("score", key, prompt, top_logprobs))
+        self._send((kind, key, *args))
         try:
             return await future
         finally:

@@ -6,11 +6,11 @@ on a thread (tests, notebooks: messages are Python objects in a queue) and in a 
 messages are pickled through a pipe, and the engine's Python work no longer competes for the server's GIL).
 
 Messages in: ``("submit", key, prompt, params, strict)``, ``("score", key, prompt, top_logprobs)``,
-``("abort", key)``, ``("stop",)``.
+``("count", key, prompt)``, ``("abort", key)``, ``("stop",)``.
 Messages out, one list per iteration: ``("admitted", key, prompt_tokens)``, ``("rejected", key, kind, message)``
 (``kind`` is ``"ValueError"`` for the caller's mistakes), ``("chunk", key, Chunk)`` (the last chunk of a request has
 ``finish_reason``), ``("scored", key, entries)`` (one logprob entry per prompt token, the first with
-``logprob`` None; scoring runs between two steps), and last ``("slots", free_slots)``. Keys are the caller's; engine request ids stay inside.
+``logprob`` None; scoring runs between two steps; for ``count``, the number of prompt tokens), and last ``("slots", free_slots)``. Keys are the caller's; engine request ids stay inside.
 """
 
 from __future__ import annotations
@@ -98,6 +98,11 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
                     continue
                 out.append(("scored", key, [logprob_entry(engine, t, lp, tp)
                                             for t, lp, tp in zip(s.token_ids, s.logprobs, s.top_logprobs)]))
+            elif msg[0] == "count":
+                try:
+                    out.append(("scored", msg[1], len(engine.tokenizer.encode(msg[2]))))
+                except Exception as e:  # noqa: BLE001
+                    out.append(("rejected", msg[1], type(e).__name__, str(e)))
             elif msg[0] == "abort" and msg[1] in rids:
                 rid = rids.pop(msg[1])
                 del keys[rid]
