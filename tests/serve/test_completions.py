@@ -98,3 +98,28 @@ def test_bad_completion_requests_are_4xx(client, kw, status, match):
     with pytest.raises(openai.APIStatusError) as err:
         client.completions.create(**{"model": "tiny", "prompt": PROMPT, "max_tokens": 4, **kw})
     assert err.value.status_code == status and match in str(err.value)
+
+
+def test_score_choices_example_matches_the_engine(tiny_server, local, monkeypatch, capsys):
+    """``examples/score_choices.py`` (lm-evaluation-harness's loglikelihood request) prints, per choice, the sum of
+    the answer tokens' logprobs that the engine's own scoring gives."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    server, _ = tiny_server
+    script = Path(__file__).resolve().parents[2] / "examples" / "score_choices.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--base-url", server.url + "/v1"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    ns = runpy.run_path(str(script))
+    tok = local.engine.tokenizer
+    for choice in ns["CHOICES"]:
+        s = local.engine.score(ns["QUESTION"] + choice)
+        offset, total, n = 0, 0.0, 0
+        for t, lp in zip(s.token_ids, s.logprobs):
+            if offset + 1 > len(ns["QUESTION"]) and lp is not None:
+                total, n = total + lp, n + 1
+            offset += len(tok.decode([t]))
+        assert f"{choice!r:>12}  log p = {total:9.4f}  ({n} tokens)" in out
+    assert "best: " in out
