@@ -35,8 +35,9 @@ class Chunk:
     is a string; a stop token id has no place in the APIs served). ``cached_tokens`` is the number of
     prompt tokens restored from the engine's prefix cache instead of being computed. ``logprobs`` (when the
     request's params ask for them) has one entry per sampled token of the chunk, in OpenAI's shape:
-    ``{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}``; the model's
-    end-of-message token, which ends the text without being part of it, has none.
+    ``{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}``, the model's
+    end-of-message token included (as vLLM does: one entry per sampled token, which is what evaluation harnesses
+    index by).
     """
 
     text: str
@@ -128,7 +129,7 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
                     continue
                 chunk = Chunk(ev.text, int(ev.token_id is not None))
                 if ev.request_id in with_logprobs:
-                    chunk.logprobs = [] if ev.token_id is None or ev.token_id in engine.eos_ids else \
+                    chunk.logprobs = [] if ev.token_id is None else \
                         [logprob_entry(engine, ev.token_id, ev.logprob, ev.top_logprobs)]
                 if ev.finished:
                     with_logprobs.discard(ev.request_id)

@@ -1,0 +1,38 @@
+"""lm-evaluation-harness's own `local-completions` client against `xinzhou serve` (slow; skipped unless
+`lm_eval` is installed: `pip install "lm_eval[api]"`): its loglikelihood requests (token-id prompts, `echo`,
+`max_tokens: 1`, `logprobs: 1`) give the engine's own scores of the continuation, and `generate_until` the
+engine's greedy text."""
+
+from __future__ import annotations
+
+import pytest
+
+from xinzhou.engine import SamplingParams
+
+lm_eval = pytest.importorskip("lm_eval")
+pytestmark = pytest.mark.slow
+
+PAIRS = [("The sea is", " calm"), ("A robot and", " a cat"), ("Tea", " is hot and sweet")]
+
+
+def test_lm_eval_local_completions_scores_and_generates_like_the_engine(tiny_server, tiny_checkpoint):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from xinzhou.engine import LLM
+
+    server, _ = tiny_server
+    lm = LocalCompletionsAPI(base_url=server.url + "/v1/completions", model="tiny", tokenizer=str(tiny_checkpoint),
+                             tokenizer_backend="huggingface", batch_size=2, max_retries=1)
+    local = LLM(str(tiny_checkpoint))
+    tok = local.engine.tokenizer
+    got = lm.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(PAIRS)])
+    for (ctx, cont), (ll, greedy) in zip(PAIRS, got):
+        ctx_ids, cont_ids = tok.encode(ctx), tok.encode(cont)
+        s = local.engine.score(ctx_ids + cont_ids, top_logprobs=1)
+        n = len(ctx_ids)
+        assert ll == pytest.approx(sum(s.logprobs[n:]), abs=1e-4)
+        assert greedy == all(t == top[0][0] for t, top in zip(cont_ids, s.top_logprobs[n:]))
+    gen = lm.generate_until([Instance("generate_until", {}, ("The sea is", {"until": ["\n"], "max_gen_toks": 8}), 0)])
+    want = local.generate(["The sea is"], SamplingParams(max_tokens=8, temperature=0, stop=["\n"]))[0].text
+    assert gen == [want]
