@@ -72,6 +72,17 @@ class ScriptedBackend:
     async def count_tokens(self, prompt: str) -> int:
         return len(prompt) // 4 + 1  # as submit counts
 
+    async def tokenize(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    async def detokenize(self, ids: list[int]) -> str:
+        if any(not 0 <= t < 0x110000 for t in ids):
+            raise ValueError("token ids must be code points")
+        return "".join(map(chr, ids))
+
+    async def tokenizer_info(self) -> dict[str, Any]:
+        return {"eos_token": "[e~[", "vocab_size": 0x110000, "tokenizer_class": "Scripted"}
+
     def _abort(self, stream: Stream) -> None:
         task = self._tasks.pop(stream, None)
         if task is not None:

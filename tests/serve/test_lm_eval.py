@@ -1,7 +1,7 @@
 """lm-evaluation-harness's own `local-completions` client against `xinzhou serve` (slow; skipped unless
 `lm_eval` is installed: `pip install "lm_eval[api]"`): its loglikelihood requests (token-id prompts, `echo`,
 `max_tokens: 1`, `logprobs: 1`) give the engine's own scores of the continuation, and `generate_until` the
-engine's greedy text."""
+engine's greedy text, with the checkpoint's tokenizer loaded by lm-eval or with the server's (auto-detected)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,18 @@ pytestmark = pytest.mark.slow
 PAIRS = [("The sea is", " calm"), ("A robot and", " a cat"), ("Tea", " is hot and sweet")]
 
 
-def test_lm_eval_local_completions_scores_and_generates_like_the_engine(tiny_server, tiny_checkpoint):
+@pytest.mark.parametrize("backend", ["huggingface", "auto"])  # auto: the server's /tokenize (vLLM's endpoints)
+def test_lm_eval_local_completions_scores_and_generates_like_the_engine(tiny_server, tiny_checkpoint, backend):
     from lm_eval.api.instance import Instance
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
     from xinzhou.engine import LLM
 
     server, _ = tiny_server
-    lm = LocalCompletionsAPI(base_url=server.url + "/v1/completions", model="tiny", tokenizer=str(tiny_checkpoint),
-                             tokenizer_backend="huggingface", batch_size=2, max_retries=1)
+    kw = {"tokenizer": str(tiny_checkpoint)} if backend == "huggingface" else {}
+    lm = LocalCompletionsAPI(base_url=server.url + "/v1/completions", model="tiny", tokenizer_backend=backend,
+                             batch_size=2, max_retries=1, **kw)
+    assert lm.tokenizer_backend == ("remote" if backend == "auto" else backend)
     local = LLM(str(tiny_checkpoint))
     tok = local.engine.tokenizer
     got = lm.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(PAIRS)])

@@ -257,3 +257,27 @@ def test_anthropic_count_tokens_equals_the_prompt_the_model_gets(tiny_server):
         raise AssertionError("an unknown model was accepted")
     except anthropic.NotFoundError:
         pass
+
+
+def test_vllm_tokenizer_endpoints(tiny_server, tiny_checkpoint):
+    """``/tokenize`` (a prompt, or chat messages rendered as ``/v1/chat/completions`` renders them: the same count
+    as that request's ``prompt_tokens``), ``/detokenize`` (the inverse; ids outside the vocabulary are a 400) and
+    ``/tokenizer_info`` (eos token, the chat template) against the checkpoint's own tokenizer."""
+    from xinzhou.chat import chat_template
+    from xinzhou.engine import LLM
+
+    server, _ = tiny_server
+    tok = LLM(str(tiny_checkpoint)).engine.tokenizer
+    text = "The sea, salty and deep."
+    r = httpx.post(server.url + "/tokenize", json={"prompt": text, "add_special_tokens": False}).json()
+    assert r["tokens"] == tok.encode(text) and r["count"] == len(r["tokens"]) and r["max_model_len"] == 4096
+    assert httpx.post(server.url + "/detokenize", json={"tokens": r["tokens"]}).json() == {"prompt": text}
+    chat = httpx.post(server.url + "/tokenize", json={"model": "tiny", "messages": USER}).json()
+    whole = oa(server).chat.completions.create(model="tiny", messages=USER, max_tokens=1)
+    assert chat["count"] == whole.usage.prompt_tokens
+    info = httpx.get(server.url + "/tokenizer_info").json()
+    assert info["eos_token"] == "[e~[" and info["chat_template"] == chat_template()
+    bad = httpx.post(server.url + "/detokenize", json={"tokens": [10 ** 9]})
+    assert bad.status_code == 400 and "vocab_size" in bad.json()["error"]["message"]
+    both = httpx.post(server.url + "/tokenize", json={"prompt": "x", "messages": USER})
+    assert both.status_code == 400 and "exactly one of" in both.json()["error"]["message"]

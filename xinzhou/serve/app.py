@@ -2,7 +2,7 @@
 
 ``create_app(backend, config)`` serves ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/completions``
 (OpenAI's legacy text completions, for evaluation harnesses), ``POST /v1/messages`` and
-``POST /v1/messages/count_tokens`` (Anthropic), ``GET /v1/models``, ``GET /health`` and the OpenAPI schema (``/openapi.json``, ``/docs``). The
+``POST /v1/messages/count_tokens`` (Anthropic), vLLM's tokenizer endpoints (``tokenizer_api.py``), ``GET /v1/models``, ``GET /health`` and the OpenAPI schema (``/openapi.json``, ``/docs``). The
 protocol modules own the shapes, ``generation.py`` owns what is generated, ``limits.py`` the gate, ``errors.py``
 the error bodies. Each generation request holds a place in the concurrency gate until its response ends; a
 streaming client that disconnects cancels its response, which aborts its sequences in the engine at once (a
@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from xinzhou.serve import anthropic_protocol, completions_protocol, generation, openai_protocol
+from xinzhou.serve import anthropic_protocol, completions_protocol, generation, openai_protocol, tokenizer_api
 from xinzhou.serve.backend import Backend
 from xinzhou.serve.errors import APIError, install
 from xinzhou.serve.generation import ChatJob, Generation, GenerationError
@@ -149,6 +149,30 @@ def create_app(backend: Backend, config: ServerConfig | None = None) -> FastAPI:
         except (ValueError, TypeError) as e:
             raise APIError(400, str(e), code="invalid_request") from e
         return {"input_tokens": await backend.count_tokens(prompt)}
+
+    @app.get("/tokenizer_info", summary="The served tokenizer (vLLM's endpoint): eos token, chat template")
+    async def tokenizer_info() -> dict[str, Any]:
+        return tokenizer_api.info(await backend.tokenizer_info(), backend.max_model_len)
+
+    @app.post("/tokenize", summary="Token ids of a prompt or a rendered chat (vLLM's endpoint)",
+              responses=ERROR_RESPONSES)
+    async def tokenize(body: tokenizer_api.TokenizeRequest) -> dict[str, Any]:
+        if body.model is not None:
+            check_model(body.model)
+        try:
+            ids = await backend.tokenize(tokenizer_api.text_of(body))
+        except (ValueError, TypeError) as e:
+            raise APIError(400, str(e), code="invalid_request") from e
+        return {"count": len(ids), "max_model_len": backend.max_model_len, "tokens": ids}
+
+    @app.post("/detokenize", summary="The text of token ids (vLLM's endpoint)", responses=ERROR_RESPONSES)
+    async def detokenize(body: tokenizer_api.DetokenizeRequest) -> dict[str, Any]:
+        if body.model is not None:
+            check_model(body.model)
+        try:
+            return {"prompt": await backend.detokenize(body.tokens)}
+        except ValueError as e:
+            raise APIError(400, str(e), code="invalid_request") from e
 
     base_openapi = app.openapi
 

@@ -98,6 +98,12 @@ class Backend(Protocol):
         """Tokens in ``prompt`` (``/v1/messages/count_tokens``)."""
         ...
 
+    async def tokenize(self, text: str) -> list[int]: ...
+
+    async def detokenize(self, ids: list[int]) -> str: ...
+
+    async def tokenizer_info(self) -> dict[str, Any]: ...
+
 
 class _EngineClient:
     """The event-loop side shared by both engine backends: keys, futures, streams, and routing of the loop's
@@ -142,6 +148,17 @@ class _EngineClient:
     async def count_tokens(self, prompt: str) -> int:
         """How many tokens the engine's tokenizer makes of ``prompt`` (no length limit applies)."""
         return await self._ask("count", prompt)
+
+    async def tokenize(self, text: str) -> list[int]:
+        return await self._ask("tokenize", text)
+
+    async def detokenize(self, ids: list[int]) -> str:
+        """The text of ``ids`` (``ValueError`` for ids outside the vocabulary)."""
+        return await self._ask("detokenize", ids)
+
+    async def tokenizer_info(self) -> dict[str, Any]:
+        """``eos_token``, ``vocab_size``, ``tokenizer_class``."""
+        return await self._ask("tokenizer_info")
 
     async def _ask(self, kind: str, *args: Any) -> Any:
         """A one-shot question to the engine loop, answered by a ``("scored", key, result)`` message."""

@@ -6,11 +6,12 @@ on a thread (tests, notebooks: messages are Python objects in a queue) and in a 
 messages are pickled through a pipe, and the engine's Python work no longer competes for the server's GIL).
 
 Messages in: ``("submit", key, prompt, params, strict)``, ``("score", key, prompt, top_logprobs)``,
-``("count", key, prompt)``, ``("abort", key)``, ``("stop",)``.
+``("count", key, prompt)``, ``("tokenize", key, text)``, ``("detokenize", key, ids)``, ``("tokenizer_info", key)``,
+``("abort", key)``, ``("stop",)``.
 Messages out, one list per iteration: ``("admitted", key, prompt_tokens)``, ``("rejected", key, kind, message)``
 (``kind`` is ``"ValueError"`` for the caller's mistakes), ``("chunk", key, Chunk)`` (the last chunk of a request has
 ``finish_reason``), ``("scored", key, entries)`` (one logprob entry per prompt token, the first with
-``logprob`` None; scoring runs between two steps; for ``count``, the number of prompt tokens), and last ``("slots", free_slots)``. Keys are the caller's; engine request ids stay inside.
+``logprob`` None; scoring runs between two steps; for the other questions their answer), and last ``("slots", free_slots)``. Keys are the caller's; engine request ids stay inside.
 """
 
 from __future__ import annotations
@@ -99,10 +100,10 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
                     continue
                 out.append(("scored", key, [logprob_entry(engine, t, lp, tp)
                                             for t, lp, tp in zip(s.token_ids, s.logprobs, s.top_logprobs)]))
-            elif msg[0] == "count":
+            elif msg[0] in _QUESTIONS:
                 try:
-                    out.append(("scored", msg[1], len(engine.tokenizer.encode(msg[2]))))
-                except Exception as e:  # noqa: BLE001
+                    out.append(("scored", msg[1], _QUESTIONS[msg[0]](engine, *msg[2:])))
+                except Exception as e:  # noqa: BLE001 (reported to the caller; ValueError is the request's fault)
                     out.append(("rejected", msg[1], type(e).__name__, str(e)))
             elif msg[0] == "abort" and msg[1] in rids:
                 rid = rids.pop(msg[1])
@@ -140,6 +141,28 @@ def run_engine(engine: Engine, receive: Callable[[bool], list[tuple]], emit: Cal
         if out or freed:
             out.append(("slots", engine.cache.num_free))
             emit(out)
+
+
+def _detokenize(engine: Engine, ids: list[int]) -> str:
+    bad = [t for t in ids if not 0 <= t < engine.vocab_size]
+    if bad:
+        raise ValueError(f"token ids must be in [0, {engine.vocab_size}) (vocab_size); got {bad[:8]}")
+    return engine.tokenizer.decode(ids)
+
+
+def _tokenizer_info(engine: Engine) -> dict[str, Any]:
+    eos = sorted(engine.tokenizer.eos_ids)
+    return {"eos_token": engine.tokenizer.decode(eos[:1]) if eos else None, "vocab_size": engine.vocab_size,
+            "tokenizer_class": type(engine.tokenizer.tokenizer).__name__}
+
+
+# one-shot questions answered between two steps: name -> f(engine, *args)
+_QUESTIONS: dict[str, Callable[..., Any]] = {
+    "count": lambda engine, prompt: len(engine.tokenizer.encode(prompt)),
+    "tokenize": lambda engine, text: engine.tokenizer.encode(text),
+    "detokenize": _detokenize,
+    "tokenizer_info": _tokenizer_info,
+}
 
 
 def logprob_entry(engine: Engine, token_id: int, logprob: float | None,
