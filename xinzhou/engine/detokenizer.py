@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from xinzhou.data.tokenizer import MarkedText, encode_marked
+from xinzhou.data.tokenizer import SPECIAL_TOKENS, MarkedText, encode_marked
 
 EOS_TEXT = "[e~["  # MiniMax-M2's end-of-message token
 
@@ -51,6 +51,8 @@ class TokenizerAdapter:
         else:
             raise ValueError(f"unsupported tokenizer {type(tokenizer).__name__}; valid options: "
                              "xinzhou.data.tokenizer.Tokenizer, tokenizers.Tokenizer, a transformers tokenizer")
+        # vocabulary pieces that are whole special tokens (their bytes are their text, not byte-level symbols)
+        self.special_pieces = frozenset([*SPECIAL_TOKENS, *(getattr(tokenizer, "all_special_tokens", None) or [])])
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text``; a :class:`~xinzhou.data.tokenizer.MarkedText` (a rendered chat) by its marks, so that
@@ -77,21 +79,12 @@ class TokenizerAdapter:
             piece = self.tokenizer.convert_ids_to_tokens(token_id)
         else:
             piece = self.tokenizer.id_to_token(token_id)
-        if piece is not None and piece not in self._special_pieces():
+        if piece is not None and piece not in self.special_pieces:
             try:
                 return bytes(BYTE_DECODER[c] for c in piece)
             except KeyError:
                 pass
         return self.decode([token_id]).encode("utf-8")
-
-    def _special_pieces(self) -> frozenset[str]:
-        cached = getattr(self, "_specials", None)
-        if cached is None:
-            from xinzhou.data.tokenizer import SPECIAL_TOKENS  # noqa: PLC0415
-
-            extra = getattr(self.tokenizer, "all_special_tokens", None) or []
-            cached = self._specials = frozenset([*SPECIAL_TOKENS, *extra])
-        return cached
 
 
 class IncrementalText:

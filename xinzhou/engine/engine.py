@@ -18,7 +18,7 @@ import torch
 
 from xinzhou.engine.cache_manager import CacheManager
 from xinzhou.engine.detokenizer import IncrementalText, TokenizerAdapter
-from xinzhou.engine.params import EngineConfig, SamplingParams
+from xinzhou.engine.params import MAX_TOP_LOGPROBS, EngineConfig, SamplingParams
 from xinzhou.engine.prefix_cache import Checkpoint, PrefixCache
 from xinzhou.engine.runner import ModelRunner
 from xinzhou.engine.scoring import PromptScores, score_prompt
@@ -91,8 +91,9 @@ class Engine:
 
     def score(self, prompt: Prompt, top_logprobs: int = 0) -> PromptScores:
         """Log-probabilities of the prompt's own tokens (``scoring.py``); runs at once, outside the batch."""
-        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
-            raise ValueError(f"top_logprobs must be an int in [0, 20], got {top_logprobs!r}")
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) \
+                or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be an int in [0, {MAX_TOP_LOGPROBS}], got {top_logprobs!r}")
         return score_prompt(self.runner.model, self.encode(prompt), top_logprobs)
 
     def make_sequence(self, prompt: Prompt, params: SamplingParams | None = None, *, stream: bool = False,
