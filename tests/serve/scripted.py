@@ -65,7 +65,8 @@ class ScriptedBackend:
             raise ValueError("the prompt is empty")
         pieces = ([prompt[i : i + self.chunk] for i in range(0, len(prompt), self.chunk)] if isinstance(prompt, str)
                   else [f"<{t}>" for t in prompt])
-        alt = [{"token": f"alt{k}", "logprob": -2.0 - k, "bytes": list(f"alt{k}".encode())} for k in range(top_logprobs)]
+        alt = [{"token": f"alt{k}", "logprob": -2.0 - k, "bytes": list(f"alt{k}".encode())}
+               for k in range(top_logprobs)]
         return [{"token": p, "logprob": None if i == 0 else -1.0, "bytes": list(p.encode()), "top_logprobs": alt}
                 for i, p in enumerate(pieces)]
 

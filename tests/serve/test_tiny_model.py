@@ -233,8 +233,8 @@ def test_logprobs_through_the_sdk_equal_the_engines(tiny_server, tiny_checkpoint
 
 def test_anthropic_count_tokens_equals_the_prompt_the_model_gets(tiny_server):
     """``messages.count_tokens`` through the SDK: the same number a Messages request with those fields reports as
-    its input (``input_tokens`` + ``cache_read_input_tokens``; system, tools and a tool round trip included); a bad request is a 400 in Anthropic's
-    shape, an unknown model a 404."""
+    its input (``input_tokens`` + ``cache_read_input_tokens``; system, tools and a tool round trip included); a
+    bad request is a 400 in Anthropic's shape, an unknown model a 404."""
     server, _ = tiny_server
     c = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
     tools = [{"name": "lookup", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}]

@@ -58,7 +58,8 @@ def dequantize_fp8(tensors: dict[str, torch.Tensor], config: dict, dtype: torch.
         O, I = w.shape
         want = (math.ceil(O / bo), math.ceil(I / bi))
         if tuple(s.shape) != want:
-            raise ValueError(f"{key} has shape {tuple(s.shape)}; a [{O}, {I}] weight in {bo} x {bi} blocks needs {want}")
+            raise ValueError(f"{key} has shape {tuple(s.shape)}; a [{O}, {I}] weight in {bo} x {bi} blocks "
+                             f"needs {want}")
         factor = s.float().repeat_interleave(bo, dim=0)[:O].repeat_interleave(bi, dim=1)[:, :I]
         tensors[name] = (w.float() * factor).to(dtype)
     left = [k for k, t in tensors.items() if t.dtype in FP8_DTYPES]

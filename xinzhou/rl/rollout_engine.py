@@ -1,13 +1,13 @@
 """Multi-turn rollouts on the inference engine: G episodes per problem, tool results forced, behaviour logprobs kept.
 
 Why: RL on a tool task needs whole episodes (the model thinks, calls a tool, reads the result, ... answers) as one
-token sequence whose model-sampled tokens are trained on and whose tool results are not. The engine already
-returns exactly that (``RequestOutput.mask`` 1 = sampled, 0 = forced; ``logprobs`` the fp32 logprob of each sampled
-token, under the sampling distribution when the params ask for ``logprobs_mode="processed"``), and
-``LLM.continue_`` appends forced tokens and samples on while reusing the prefix state. This module only drives it: every round it sends *all* live episodes to the engine in one call (so continuous
-batching sees the whole batch), parses each new turn with the M2 parser, steps the episode's environment, and
-forces the observation text (``observation_text``) for the next round, until the environment says done or a
-limit is hit.
+token sequence whose model-sampled tokens are trained on and whose tool results are not. The engine already returns
+exactly that (``RequestOutput.mask`` 1 = sampled, 0 = forced; ``logprobs`` the fp32 logprob of each sampled token,
+under the sampling distribution when the params ask for ``logprobs_mode="processed"``), and ``LLM.continue_``
+appends forced tokens and samples on while reusing the prefix state. This module only drives it: every round it
+sends *all* live episodes to the engine in one call (so continuous batching sees the whole batch), parses each new
+turn with the M2 parser, steps the episode's environment, and forces the observation text (``observation_text``) for
+the next round, until the environment says done or a limit is hit.
 
 Limits and how an episode ends (``Trajectory.info["end"]``):
 

@@ -1,12 +1,12 @@
 """The HTTP surface: FastAPI routes over a :class:`Backend`, nothing more.
 
-``create_app(backend, config)`` serves ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/completions``
-(OpenAI's legacy text completions, for evaluation harnesses), ``POST /v1/messages`` and
-``POST /v1/messages/count_tokens`` (Anthropic), vLLM's tokenizer endpoints (``tokenizer_api.py``), ``GET /v1/models``, ``GET /health`` and the OpenAPI schema (``/openapi.json``, ``/docs``). The
-protocol modules own the shapes, ``generation.py`` owns what is generated, ``limits.py`` the gate, ``errors.py``
-the error bodies. Each generation request holds a place in the concurrency gate until its response ends; a
-streaming client that disconnects cancels its response, which aborts its sequences in the engine at once (a
-non-streaming one is watched for the same).
+``create_app(backend, config)`` serves ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/completions`` (OpenAI's
+legacy text completions, for evaluation harnesses), ``POST /v1/messages`` and ``POST /v1/messages/count_tokens``
+(Anthropic), vLLM's tokenizer endpoints (``tokenizer_api.py``), ``GET /v1/models``, ``GET /health`` and the OpenAPI
+schema (``/openapi.json``, ``/docs``). The protocol modules own the shapes, ``generation.py`` owns what is
+generated, ``limits.py`` the gate, ``errors.py`` the error bodies. Each generation request holds a place in the
+concurrency gate until its response ends; a streaming client that disconnects cancels its response, which aborts its
+sequences in the engine at once (a non-streaming one is watched for the same).
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ Messages in: ``("submit", key, prompt, params, strict)``, ``("score", key, promp
 ``("abort", key)``, ``("stop",)``.
 Messages out, one list per iteration: ``("admitted", key, prompt_tokens)``, ``("rejected", key, kind, message)``
 (``kind`` is ``"ValueError"`` for the caller's mistakes), ``("chunk", key, Chunk)`` (the last chunk of a request has
-``finish_reason``), ``("scored", key, entries)`` (one logprob entry per prompt token, the first with
-``logprob`` None; scoring runs between two steps; for the other questions their answer), and last ``("slots", free_slots)``. Keys are the caller's; engine request ids stay inside.
+``finish_reason``), ``("scored", key, entries)`` (one logprob entry per prompt token, the first with ``logprob``
+None; scoring runs between two steps; for the other questions their answer), and last ``("slots", free_slots)``.
+Keys are the caller's; engine request ids stay inside.
 """
 
 from __future__ import annotations

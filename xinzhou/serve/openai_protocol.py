@@ -10,9 +10,9 @@ string parameter). A streamed tool call is two deltas: ``index``, ``id``, ``type
 arguments, then the arguments.
 
 ``logprobs`` / ``top_logprobs`` (up to 20) return the raw model's fp32 logprobs of every sampled token, thinking and
-tool-call markup and the end-of-message token included (the text of all three fields comes from them), in ``choices[i].logprobs.content``
-(OpenAI's shape: ``token``, ``logprob``, ``bytes``, ``top_logprobs``); streamed, each engine step's tokens arrive in
-a chunk of their own with an empty delta, before the text they produce.
+tool-call markup and the end-of-message token included (the text of all three fields comes from them), in
+``choices[i].logprobs.content`` (OpenAI's shape: ``token``, ``logprob``, ``bytes``, ``top_logprobs``); streamed,
+each engine step's tokens arrive in a chunk of their own with an empty delta, before the text they produce.
 
 Extensions accepted besides the standard fields: ``top_k``, ``ignore_eos`` (vLLM's, for benchmarks),
 ``reasoning_split`` (MiniMax's; reasoning is always split). Other unknown fields are ignored.
