@@ -121,16 +121,21 @@ def test_generate_command_streams(tmp_path, capsys):
     assert "top_p must be in (0, 1]" in capsys.readouterr().err
 
 
-def test_token_bytes_are_each_tokens_exact_bytes():
+def test_token_bytes_are_each_tokens_exact_bytes(tmp_path):
     """Byte-level BPE pieces map back to their bytes, even a piece that ends inside a UTF-8 character (whose
-    ``decode`` alone shows U+FFFD); special tokens give their text; the bytes of all tokens are the text's bytes."""
+    ``decode`` alone shows U+FFFD); special tokens give their text; the bytes of all tokens are the text's bytes.
+    The same through each tokenizer kind the engine takes (xinzhou's, ``tokenizers``', transformers')."""
     from xinzhou.data.corpus import default_corpus
     from xinzhou.data.tokenizer import train_tokenizer
     from xinzhou.engine.detokenizer import TokenizerAdapter
 
+    import transformers
+
     raw = train_tokenizer(default_corpus()[:50], 300)
+    raw.save(tmp_path)
     text = "héllo 心舟 ok]~b]"
-    for tok in (TokenizerAdapter(raw), TokenizerAdapter(raw.backend)):
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    for tok in (TokenizerAdapter(raw), TokenizerAdapter(raw.backend), TokenizerAdapter(hf)):
         ids = tok.encode(text)
         pieces = [tok.token_bytes(i) for i in ids]
         assert b"".join(pieces) == text.encode("utf-8")
