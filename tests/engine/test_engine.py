@@ -116,7 +116,7 @@ def test_score_equals_the_full_forward_across_chunks(family, text01, m2):
     ids = prompts_of([20])[0]
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)[:-1]
-    for s in (score_prompt(model, ids, top_logprobs=2, chunk=7), LLM(model).engine.score(ids, top_logprobs=2)):
+    for s in (score_prompt(model, ids, top_logprobs=2, chunk=7), LLM(model).score(ids, top_logprobs=2)):
         assert s.token_ids == ids and s.logprobs[0] is None and s.top_logprobs[0] is None
         ref = logp.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
         assert torch.allclose(torch.tensor(s.logprobs[1:]), ref, atol=1e-5)

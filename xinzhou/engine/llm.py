@@ -22,6 +22,7 @@ import torch
 
 from xinzhou.engine.engine import Engine, Prompt
 from xinzhou.engine.params import EngineConfig, SamplingParams
+from xinzhou.engine.scoring import PromptScores
 from xinzhou.engine.sequence import RequestOutput, StreamOutput
 from xinzhou.model.model import Model
 
@@ -83,6 +84,12 @@ class LLM:
         finally:
             for r in ids:
                 self.engine.discard_output(r)
+
+    def score(self, prompt: Prompt, top_logprobs: int = 0) -> PromptScores:
+        """Log-probability of each prompt token given the ones before (``None`` for the first) and, with
+        ``top_logprobs``, the most likely alternatives at each position: what evaluation harnesses call prompt
+        logprobs (``xinzhou/engine/scoring.py``)."""
+        return self.engine.score(prompt, top_logprobs)
 
     def continue_(self, outputs: RequestOutput | Sequence[RequestOutput], forced: Prompts | None = None,
                   params: Params = None) -> list[RequestOutput]:
