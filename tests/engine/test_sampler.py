@@ -97,7 +97,7 @@ def _rows(n, temperature=1.0, top_k=0, top_p=1.0, seed=0):
 def test_empirical_frequencies_match(top_k, top_p):
     n = 4000
     logits = torch.tensor([LOGP] * n)
-    tokens, _ = Sampler()(logits, _rows(n, top_k=top_k, top_p=top_p), False)
+    tokens = Sampler()(logits, _rows(n, top_k=top_k, top_p=top_p), False).tokens
     freq = torch.bincount(tokens, minlength=4).float() / n
     expected = probs(LOGP, top_k=top_k, top_p=top_p)
     assert (freq - expected).abs().max() < 0.03
@@ -108,7 +108,7 @@ def test_empirical_frequencies_match(top_k, top_p):
 def test_greedy_rows_draw_no_randomness():
     g = torch.Generator().manual_seed(5)
     state = g.get_state()
-    tokens, _ = Sampler()(torch.tensor([LOGP]), [SampleRow(0.0, 0, 1.0, g)], False)
+    tokens = Sampler()(torch.tensor([LOGP]), [SampleRow(0.0, 0, 1.0, g)], False).tokens
     assert tokens.tolist() == [0] and torch.equal(g.get_state(), state)
 
 
@@ -117,16 +117,17 @@ def test_a_rows_samples_do_not_depend_on_the_batch():
     alone, together = [], []
     ga, gb = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     for step in range(30):
-        alone.append(Sampler()(logits[:1], [SampleRow(0.8, 0, 1.0, ga)], False)[0].item())
+        alone.append(Sampler()(logits[:1], [SampleRow(0.8, 0, 1.0, ga)], False).tokens.item())
         rows = [SampleRow(0.8, 0, 1.0, gb), SampleRow(0.0, 0, 1.0, torch.Generator()),
                 SampleRow(1.0, 5, 0.9, torch.Generator().manual_seed(step))]
-        together.append(Sampler()(logits, rows, False)[0][0].item())
+        together.append(Sampler()(logits, rows, False).tokens[0].item())
     assert alone == together
 
 
 def test_logprobs_are_raw_model_fp32_at_temperature_one():
     logits = torch.randn(2, 10, dtype=torch.float64)
-    tokens, lp = Sampler()(logits, _rows(2, temperature=0.3, top_k=2), True)
+    tokens, lp, processed = Sampler()(logits, _rows(2, temperature=0.3, top_k=2), True)
+    assert processed is None  # nobody asked for it
     ref = torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None])[:, 0]
     assert lp.dtype == torch.float32 and torch.equal(lp, ref)
     assert torch.equal(token_logprobs(logits, tokens), ref)
@@ -139,13 +140,11 @@ def test_processed_logprobs_are_those_of_the_distribution_sampled_from():
     rows = [SampleRow(0.5, 0, 1.0, torch.Generator().manual_seed(1), True),
             SampleRow(1.0, 2, 1.0, torch.Generator().manual_seed(2), True),
             SampleRow(0.0, 0, 1.0, torch.Generator(), True)]
-    sampler = Sampler()
-    tokens, raw = sampler(logits, rows, True)
+    tokens, raw, processed = Sampler()(logits, rows, True)
     t = tokens.tolist()
     sharp = [p * p for p in P]  # p ** (1 / 0.5), renormalised below
     expected = [math.log(sharp[t[0]] / sum(sharp)), math.log(P[t[1]] / (P[0] + P[1])), 0.0]
     assert t[1] in (0, 1) and t[2] == 0
-    assert torch.allclose(sampler.processed_B, torch.tensor(expected), atol=1e-6)
+    assert torch.allclose(processed, torch.tensor(expected), atol=1e-6)
     assert torch.allclose(raw, torch.tensor([math.log(P[i]) for i in t]), atol=1e-6)
-    sampler(logits, _rows(3), True)
-    assert sampler.processed_B is None  # nobody asked: nothing computed
+    assert Sampler()(logits, _rows(3), True).processed is None  # nobody asked: nothing computed

@@ -198,10 +198,10 @@ class Engine:
         need_lp = any(s.params.logprobs or s.params.repetition_stop for s in rows)
         sample_rows = [SampleRow(s.params.temperature, s.params.top_k, s.params.top_p, s.generator,
                                  s.params.logprobs and s.params.logprobs_mode == "processed") for s in rows]
-        tokens_B, logprobs_B = self.sampler(logits_BV, sample_rows, need_lp)
-        tokens = tokens_B.tolist()
-        lps = logprobs_B.tolist() if logprobs_B is not None else [None] * len(rows)
-        processed = self.sampler.processed_B.tolist() if self.sampler.processed_B is not None else None
+        drawn = self.sampler(logits_BV, sample_rows, need_lp)
+        tokens = drawn.tokens.tolist()
+        lps = drawn.logprobs.tolist() if drawn.logprobs is not None else [None] * len(rows)
+        processed = drawn.processed.tolist() if drawn.processed is not None else None
         top = _top_logprobs(logits_BV, [s.params.top_logprobs for s in rows])
         events = []
         for i, s in enumerate(rows):

@@ -14,6 +14,7 @@ Letters: B rows, V vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -71,22 +72,24 @@ class SampleRow:
     processed_logprobs: bool = False  # also report log q(token), q the distribution the row sampled from
 
 
+class Sampled(NamedTuple):
+    """One step's draw: ``tokens`` [B] int64; ``logprobs`` [B] fp32 raw-model logprobs (None unless asked);
+    ``processed`` [B] fp32 when a row asks for ``processed_logprobs``: every row's token's log-probability under
+    the distribution that row sampled from (temperature, top-k, top-p applied and renormalised; 0 for greedy rows,
+    whose distribution is one-hot), the behaviour policy an RL trainer must divide by (TRL #4159, vLLM
+    ``processed_logprobs``); None otherwise."""
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor | None
+    processed: torch.Tensor | None = None
+
+
 class Sampler:
     """Batched sampling with per-row settings. Greedy-only batches cost one ``argmax``; rows that need no
     filtering skip the sort (a plain softmax and an inverse-CDF draw)."""
 
-    def __init__(self) -> None:
-        self.processed_B: torch.Tensor | None = None
-
-    def __call__(
-        self, logits_BV: torch.Tensor, rows: list[SampleRow], need_logprobs: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns ``(tokens [B] int64, raw-model logprobs [B] fp32 or None)``.
-
-        When a row asks for ``processed_logprobs``, :attr:`processed_B` afterwards holds, for every row, the
-        log-probability of its token under the distribution that row sampled from (temperature, top-k, top-p
-        applied and renormalised; 0 for greedy rows, whose distribution is one-hot); otherwise it is None.
-        That is the behaviour policy an RL trainer must divide by (TRL #4159, vLLM ``processed_logprobs``).
+    def __call__(self, logits_BV: torch.Tensor, rows: list[SampleRow], need_logprobs: bool) -> Sampled:
+        """Draw one token per row (see :class:`Sampled`).
 
         A row's path depends only on its own settings (never on the other rows), so its result does not
         depend on the batch it is in."""
@@ -117,6 +120,5 @@ class Sampler:
                 else:
                     lp_B = probs_BV.gather(-1, chosen_B[:, None])[:, 0].log()
                 processed_B[idx] = lp_B
-        self.processed_B = processed_B
         logprobs_B = token_logprobs(logits_BV, tokens_B) if need_logprobs else None
-        return tokens_B, logprobs_B
+        return Sampled(tokens_B, logprobs_B, processed_B)
