@@ -1,4 +1,4 @@
-"""lm-evaluation-harness's own `local-completions` client against `xinzhou serve` (slow; skipped unless
+"""lm-evaluation-harness's own `local-completions` and `local-chat-completions` clients against `xinzhou serve` (slow; skipped unless
 `lm_eval` is installed: `pip install "lm_eval[api]"`): its loglikelihood requests (token-id prompts, `echo`,
 `max_tokens: 1`, `logprobs: 1`) give the engine's own scores of the continuation, and `generate_until` the
 engine's greedy text, with the checkpoint's tokenizer loaded by lm-eval or with the server's (auto-detected)."""
@@ -39,3 +39,26 @@ def test_lm_eval_local_completions_scores_and_generates_like_the_engine(tiny_ser
     gen = lm.generate_until([Instance("generate_until", {}, ("The sea is", {"until": ["\n"], "max_gen_toks": 8}), 0)])
     want = local.generate(["The sea is"], SamplingParams(max_tokens=8, temperature=0, stop=["\n"]))[0].text
     assert gen == [want]
+
+
+def test_lm_eval_local_chat_completions_reads_the_answer_not_the_thinking(scripted):
+    """``local-chat-completions`` (chat tasks, ``--apply_chat_template``) over a scripted model that thinks, then
+    answers: lm-eval's ``generate_until`` gets the answer alone (the thinking goes to ``reasoning_content``), the
+    server rendered lm-eval's messages with the chat template, and lm-eval's ``until`` reached the engine as stop
+    strings."""
+    import json
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.api_models import JsonChatStr
+    from lm_eval.models.openai_completions import LocalChatCompletion
+
+    from tests.serve.scripted import completion
+
+    server, backend = scripted([completion("The user asks about the sea.", "The sea is wide.")], model_id="tiny")
+    lm = LocalChatCompletion(base_url=server.url + "/v1/chat/completions", model="tiny", max_retries=1)
+    messages = [{"role": "user", "content": "Tell me about the sea."}]
+    got = lm.generate_until([Instance("generate_until", {}, (JsonChatStr(json.dumps(messages)),
+                                                             {"until": ["Q:"], "max_gen_toks": 64}), 0)])
+    assert got == ["The sea is wide."]
+    assert "Tell me about the sea." in backend.prompts[-1] and backend.prompts[-1].endswith("<think>\n")
+    assert "Q:" in backend.params[-1].stop_strings and backend.params[-1].max_tokens == 64
