@@ -1,7 +1,8 @@
-"""lm-evaluation-harness's own `local-completions` and `local-chat-completions` clients against `xinzhou serve` (slow; skipped unless
-`lm_eval` is installed: `pip install "lm_eval[api]"`): its loglikelihood requests (token-id prompts, `echo`,
-`max_tokens: 1`, `logprobs: 1`) give the engine's own scores of the continuation, and `generate_until` the
-engine's greedy text, with the checkpoint's tokenizer loaded by lm-eval or with the server's (auto-detected)."""
+"""lm-evaluation-harness's own clients against `xinzhou serve` (slow; skipped unless `lm_eval` is installed:
+`pip install "lm_eval[api]"`). `local-completions`: its loglikelihood requests (token-id prompts, `echo`,
+`max_tokens: 1`, `logprobs: 1`) give the engine's own scores of the continuation and `generate_until` the engine's
+greedy text, with the checkpoint's tokenizer loaded by lm-eval or with the server's (auto-detected).
+`local-chat-completions`: the answer without the thinking."""
 
 from __future__ import annotations
 
