@@ -281,3 +281,15 @@ def test_vllm_tokenizer_endpoints(tiny_server, tiny_checkpoint):
     assert bad.status_code == 400 and "vocab_size" in bad.json()["error"]["message"]
     both = httpx.post(server.url + "/tokenize", json={"prompt": "x", "messages": USER})
     assert both.status_code == 400 and "exactly one of" in both.json()["error"]["message"]
+
+
+def test_a_fresh_engine_process_reports_its_free_slots(tiny_checkpoint):
+    """``/health``'s ``free_slots`` is right before the first request (the engine process reports it when ready)."""
+    from xinzhou.serve.launch import load_backend
+
+    backend = load_backend(tiny_checkpoint, model_id="fresh", max_num_seqs=5, threads=1)
+    backend.start()
+    try:
+        assert backend.stats()["free_slots"] == 5 and backend.stats()["running"] == 0
+    finally:
+        backend.close()

@@ -295,7 +295,7 @@ class ProcessEngineBackend(_EngineClient):
             self._process.join(timeout=10)
             self._process = None
             raise ValueError(f"cannot serve {self.model}: {status[1]}")
-        self.max_model_len = status[1]
+        self.max_model_len, self._free_slots = status[1], status[2]
         self._reader = threading.Thread(target=self._read, name="xinzhou-engine-reader", daemon=True)
         self._reader.start()
 

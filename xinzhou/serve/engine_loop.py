@@ -184,7 +184,7 @@ def _last_chunk(engine: Engine, chunk: Chunk, rid: int, reason: str) -> Chunk:
 
 def process_main(conn: Any, model: str, model_id: str | None, threads: int | None, dtype: Any,
                  engine_options: dict[str, Any]) -> None:
-    """Entry point of the engine process: load the checkpoint, report ``("ready", max_model_len)`` (or
+    """Entry point of the engine process: load the checkpoint, report ``("ready", max_model_len, free_slots)`` (or
     ``("failed", message)``), then run the loop over the pipe ``conn``."""
     import signal  # noqa: PLC0415
 
@@ -202,7 +202,7 @@ def process_main(conn: Any, model: str, model_id: str | None, threads: int | Non
     except Exception as e:  # noqa: BLE001 (reported to the parent, which raises it)
         conn.send(("failed", f"{type(e).__name__}: {e}"))
         return
-    conn.send(("ready", llm.engine.max_model_len))
+    conn.send(("ready", llm.engine.max_model_len, llm.engine.cache.num_free))
 
     def receive(block: bool) -> list[tuple]:
         msgs = []
