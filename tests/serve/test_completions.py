@@ -83,6 +83,8 @@ def test_batched_prompts_with_n_and_token_id_prompts(client, local):
     ids = local.engine.tokenizer.encode(PROMPT)
     e = client.completions.create(model="tiny", prompt=ids, max_tokens=0, echo=True)
     assert e.choices[0].text == PROMPT and e.usage.prompt_tokens == len(ids) and e.choices[0].logprobs is None
+    t = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=0, echo=True)  # tokenizer only, no forward
+    assert t.choices[0].text == PROMPT and t.usage.prompt_tokens == len(ids) and t.choices[0].logprobs is None
 
 
 @pytest.mark.parametrize("kw, status, match", [

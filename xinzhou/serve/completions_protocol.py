@@ -107,12 +107,6 @@ class LegacyLogprobs:
         return new
 
 
-def _echo_text(prompt: Prompt, scored: list[dict] | None) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return b"".join(bytes(e["bytes"]) for e in scored or []).decode("utf-8", "replace")
-
-
 class CompletionRun:
     """The choices of one request: ``aclose()`` aborts whatever still runs (the app calls it however the
     response ends)."""
@@ -122,22 +116,34 @@ class CompletionRun:
         self.prompts = prompts_of(req)
         self.params = to_params(req, config, len(self.prompts))
         self.streams: list[Stream | None] = []
-        self.scores: list[list[dict] | None] = []
+        self.scores: list[list[dict] | None] = []  # per choice, with echo and logprobs: the prompt's entries
+        self.echoes: list[str] = []  # per choice, with echo: the prompt's text
         self.prompt_tokens: list[int] = []
+
+    async def _echo(self, prompt: Prompt) -> tuple[str, list[dict] | None, int]:
+        """``(text, scored entries or None, token count)`` of an echoed prompt. Only logprobs need the scoring
+        forward; otherwise the tokenizer alone answers."""
+        if self.req.logprobs is not None:
+            scored = await self.backend.score(prompt, self.req.logprobs)
+            text = prompt if isinstance(prompt, str) else \
+                b"".join(bytes(e["bytes"]) for e in scored).decode("utf-8", "replace")
+            return text, scored, len(scored)
+        if isinstance(prompt, str):
+            return prompt, None, await self.backend.count_tokens(prompt)
+        return await self.backend.detokenize(prompt), None, len(prompt)
 
     async def start(self) -> None:
         """Score (``echo``) and submit every choice; ``ValueError`` before anything is generated."""
         req, p = self.req, self.params
         try:
             for prompt in self.prompts:
-                scored = None
-                if req.echo:
-                    scored = await self.backend.score(prompt, req.logprobs or 0)
+                text, scored, n_prompt = await self._echo(prompt) if req.echo else ("", None, 0)
                 for j in range(req.n):
                     self.scores.append(scored)
+                    self.echoes.append(text)
                     if p is None:
                         self.streams.append(None)
-                        self.prompt_tokens.append(len(scored or []))
+                        self.prompt_tokens.append(n_prompt)
                         continue
                     pj = p if j == 0 or p.seed is None else _with_seed(p, p.seed + j)
                     s = await self.backend.submit(prompt, pj)
@@ -175,7 +181,7 @@ async def complete(run: CompletionRun) -> dict[str, Any]:
     """The whole response (non-streaming)."""
     async def one(i: int) -> tuple[dict[str, Any], int]:
         req, scored, stream = run.req, run.scores[i], run.streams[i]
-        text = _echo_text(run.prompts[i // req.n], scored) if req.echo else ""
+        text = run.echoes[i]
         lp = LegacyLogprobs() if req.logprobs is not None else None
         if lp is not None and scored is not None:
             lp.add(scored, first_has_none=True)
@@ -215,7 +221,7 @@ async def stream(run: CompletionRun) -> AsyncIterator[str]:
             if req.echo:
                 scored = run.scores[i]
                 cols = lp.add(scored, first_has_none=True) if lp is not None and scored is not None else None
-                q.put_nowait(chunk(i, _echo_text(run.prompts[i // req.n], scored), cols))
+                q.put_nowait(chunk(i, run.echoes[i], cols))
             s = run.streams[i]
             if s is None:
                 q.put_nowait(chunk(i, "", None, "length"))

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xinzhou.chat import chat_template
+from xinzhou.chat import chat_template, render
 from xinzhou.chat.types import to_messages
 from xinzhou.serve.generation import ChatJob
 from xinzhou.serve.openai_protocol import ChatMessage, message_dicts
@@ -48,8 +48,6 @@ def text_of(req: TokenizeRequest) -> str:
     job = ChatJob(to_messages(message_dicts(req.messages or [])))
     if req.add_generation_prompt:
         return job.prompt()
-    from xinzhou.chat import render  # noqa: PLC0415
-
     return render(job.messages, None, add_generation_prompt=False, keep="chain")
 
 
