@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from xinzhou.serve import anthropic_protocol, completions_protocol, generation, openai_protocol, tokenizer_api
 from xinzhou.serve.backend import Backend
 from xinzhou.serve.errors import APIError, install
-from xinzhou.serve.generation import ChatJob, Generation, GenerationError
+from xinzhou.serve.generation import Generation, GenerationError
 from xinzhou.serve.limits import Gate, Guard, ServerConfig
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -62,15 +62,14 @@ def create_app(backend: Backend, config: ServerConfig | None = None) -> FastAPI:
             raise APIError(404, f"the model {model!r} does not exist; this server serves {list(models)}",
                            code="model_not_found", param="model")
 
-    async def run(request: Request, job_of: Callable[[], ChatJob], stream: bool,
-                  respond: Callable[[Generation], Awaitable[dict[str, Any]]],
-                  events: Callable[[Generation], AsyncIterator[str]]) -> Any:
+    async def run(request: Request, start: Callable[[], Awaitable[Running]], stream: bool,
+                  respond: Callable[[Any], Awaitable[dict[str, Any]]],
+                  events: Callable[[Any], AsyncIterator[str]]) -> Any:
+        """Hold a place in the gate from ``start()`` (a request that cannot run: 400) until the response ends."""
         gate.enter()
         try:
-            try:
-                gen = await generation.start(backend, job_of())
-            except (ValueError, TypeError) as e:
-                raise APIError(400, str(e), code="invalid_request") from e
+            with bad_request():
+                gen = await start()
             if stream:
                 return EventStream(events(gen), gen, gate)
         except BaseException:
@@ -104,29 +103,19 @@ def create_app(backend: Backend, config: ServerConfig | None = None) -> FastAPI:
             return openai_protocol.completion(body.model, gen.prompt_tokens, await generation.collect(gen))
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await run(request, lambda: openai_protocol.to_job(body, config), body.stream, respond,
-                         lambda gen: openai_protocol.stream(gen, body.model, include_usage))
+        return await run(request, lambda: generation.start(backend, openai_protocol.to_job(body, config)), body.stream,
+                         respond, lambda gen: openai_protocol.stream(gen, body.model, include_usage))
 
     @app.post("/v1/completions", summary="OpenAI (legacy) text completion", responses=ERROR_RESPONSES)
     async def completions(body: completions_protocol.CompletionRequest, request: Request) -> Any:
         check_model(body.model)
-        gate.enter()
-        try:
-            try:
-                run = completions_protocol.CompletionRun(backend, body, config)
-                await run.start()
-            except (ValueError, TypeError) as e:
-                raise APIError(400, str(e), code="invalid_request") from e
-            if body.stream:
-                return EventStream(completions_protocol.stream(run), run, gate)
-        except BaseException:
-            gate.leave()
-            raise
-        try:
-            return JSONResponse(await _unless_disconnected(request, completions_protocol.complete(run)))
-        finally:
-            await run.aclose()
-            gate.leave()
+
+        async def start() -> completions_protocol.CompletionRun:
+            started = completions_protocol.CompletionRun(backend, body, config)
+            await started.start()
+            return started
+
+        return await run(request, start, body.stream, completions_protocol.complete, completions_protocol.stream)
 
     @app.post("/v1/messages", summary="Anthropic message", responses=ERROR_RESPONSES)
     async def messages(body: anthropic_protocol.MessagesRequest, request: Request) -> Any:
@@ -137,17 +126,15 @@ def create_app(backend: Backend, config: ServerConfig | None = None) -> FastAPI:
             result = (await generation.collect(gen))[0]
             return anthropic_protocol.message(body.model, gen.prompt_tokens, result, show)
 
-        return await run(request, lambda: anthropic_protocol.to_job(body, config), body.stream, respond,
-                         lambda gen: anthropic_protocol.stream(gen, body.model, show))
+        return await run(request, lambda: generation.start(backend, anthropic_protocol.to_job(body, config)),
+                         body.stream, respond, lambda gen: anthropic_protocol.stream(gen, body.model, show))
 
     @app.post("/v1/messages/count_tokens", summary="Anthropic token count of a Messages request's prompt",
               responses=ERROR_RESPONSES)
     async def count_tokens(body: anthropic_protocol.CountTokensRequest) -> dict[str, int]:
         check_model(body.model)
-        try:
+        with bad_request():
             prompt = anthropic_protocol.count_job(body, config).prompt()
-        except (ValueError, TypeError) as e:
-            raise APIError(400, str(e), code="invalid_request") from e
         return {"input_tokens": await backend.count_tokens(prompt)}
 
     @app.get("/tokenizer_info", summary="The served tokenizer (vLLM's endpoint): eos token, chat template")
@@ -159,20 +146,16 @@ def create_app(backend: Backend, config: ServerConfig | None = None) -> FastAPI:
     async def tokenize(body: tokenizer_api.TokenizeRequest) -> dict[str, Any]:
         if body.model is not None:
             check_model(body.model)
-        try:
+        with bad_request():
             ids = await backend.tokenize(tokenizer_api.text_of(body))
-        except (ValueError, TypeError) as e:
-            raise APIError(400, str(e), code="invalid_request") from e
         return {"count": len(ids), "max_model_len": backend.max_model_len, "tokens": ids}
 
     @app.post("/detokenize", summary="The text of token ids (vLLM's endpoint)", responses=ERROR_RESPONSES)
     async def detokenize(body: tokenizer_api.DetokenizeRequest) -> dict[str, Any]:
         if body.model is not None:
             check_model(body.model)
-        try:
+        with bad_request():
             return {"prompt": await backend.detokenize(body.tokens)}
-        except ValueError as e:
-            raise APIError(400, str(e), code="invalid_request") from e
 
     base_openapi = app.openapi
 
@@ -188,12 +171,27 @@ def create_app(backend: Backend, config: ServerConfig | None = None) -> FastAPI:
     return app
 
 
+class Running(Protocol):
+    """A started request (a chat :class:`Generation`, a :class:`~completions_protocol.CompletionRun`)."""
+
+    async def aclose(self) -> None:
+        """Abort whatever still runs (idempotent)."""
+
+
+@contextlib.contextmanager
+def bad_request() -> Iterator[None]:
+    """A ``ValueError``/``TypeError`` raised inside (the request's own fault) becomes a 400 in the API's shape."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        raise APIError(400, str(e), code="invalid_request") from e
+
+
 class EventStream(StreamingResponse):
     """An SSE response that, however it ends (done, failed, or cancelled because the client left, even before
     the first byte), aborts the request's sequences and frees its place in the gate."""
 
-    def __init__(self, body: AsyncIterator[str], gen: Generation | completions_protocol.CompletionRun,
-                 gate: Gate) -> None:
+    def __init__(self, body: AsyncIterator[str], gen: Running, gate: Gate) -> None:
         super().__init__(body, media_type="text/event-stream", headers=SSE_HEADERS)
         self.gen, self.gate = gen, gate
 
