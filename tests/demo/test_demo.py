@@ -132,3 +132,24 @@ def test_pretrain_summary_warns_when_the_copying_circuit_did_not_form():
     assert "warning" not in ok and ok.startswith("eval loss 0.050")
     assert "did not form" in bad and "--seed" in bad and 0.05 < COPY_LOSS_OK < 1.70
     assert "warning" not in _summary("sft", {"final_eval_loss": 1.70, "baseline": 2.43})
+
+
+def test_sft_rows_fit_every_trace_whole(smoke_run: Path) -> None:
+    """The data stage measures the longest tokenized trace (checked here independently) and SFT rows are at
+    least that long, so no trace loses its answer to truncation."""
+    from xinzhou.chat.template import to_ids
+    from xinzhou.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_dir(smoke_run / "tokenizer")
+    recs = [json.loads(line) for line in (smoke_run / "data" / "sft.jsonl").read_text().splitlines()]
+    longest = max(len(to_ids(r["messages"], tok, r.get("tools")).ids) for r in recs)
+    assert json.loads((smoke_run / "stages" / "data.json").read_text())["longest_tokens"] == longest
+    cfg = json.loads((smoke_run / "sft" / "config.json").read_text())
+    assert cfg["seq_len"] == pipeline.sft_seq_len(get_preset("smoke"), longest) >= longest
+    assert not cfg["truncate"]
+
+
+def test_sft_seq_len_is_raised_to_fit_the_longest_trace() -> None:
+    p = get_preset("tiny").replace(sft_seq_len=640)
+    assert pipeline.sft_seq_len(p, 601) == 640 and pipeline.sft_seq_len(p, 640) == 640
+    assert pipeline.sft_seq_len(p, 641) == 704 and pipeline.sft_seq_len(p, None) == 640
