@@ -41,7 +41,7 @@ class DemoPreset:
     sft_examples: int = 3200
     # rows of one whole trace each (traces are 480-600 tokens; pipeline.sft_seq_len raises the row length if one
     # is longer). 1024-token rows x 4 for 640 steps (the same compute) gave d2 78-100% over seeds 0-2, because
-    # most rows were 40% padding; these rows gave 100% / 100% (d1 / d2) on seeds 0 and 1 (README, Demo)
+    # most rows were 40% padding; these rows gave 100% / 100% (d1 / d2) on seeds 0-2 (README, Demo)
     sft_steps: int = 820
     sft_seq_len: int = 640
     sft_batch: int = 5
