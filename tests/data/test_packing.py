@@ -186,3 +186,28 @@ def test_split_rows_and_to():
     assert batch.to("cpu").input_ids.equal(batch.input_ids)
     with pytest.raises(ValueError, match="batch_size"):
         batch.split(0)
+
+
+def test_sft_row_fill_and_best_seq_len_by_hand():
+    from xinzhou.data.packing import best_sft_seq_len, sft_row_fill
+
+    # rows of 10: [6 | 6, 3 | 3, 4] -> 22 tokens in 30 positions; a 12 is cut to 10 and fills its row alone
+    assert sft_row_fill([6, 6, 3, 3, 4], 10) == pytest.approx(22 / 30)
+    assert sft_row_fill([12], 10) == 1.0 and sft_row_fill([], 10) == 1.0
+    # 5 and 6 never pair in rows of 10, so every row is one example; rows of 11 pair them
+    assert sft_row_fill([5, 6] * 4, 10) == pytest.approx(44 / 80)
+    assert best_sft_seq_len([5, 6] * 4, 12, multiple=1) == (11, 1.0)
+    assert best_sft_seq_len([500, 590] * 4, 1024) == (640, pytest.approx(1090 / 1280))
+
+
+def test_sft_warns_when_rows_are_mostly_padding():
+    import warnings
+
+    from xinzhou.train.sft import warn_about_padding
+
+    with pytest.warns(UserWarning, match=r"SFT rows are 47% padding at --seq_len=1024.*--seq_len=640 would be 15%"):
+        warn_about_padding([500, 590] * 4, 1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_about_padding([500, 500] * 4, 1024)  # two per row: 2% padding, no warning
+        warn_about_padding([], 1024)

@@ -227,6 +227,30 @@ def take_sft_rows(
     return rows, k
 
 
+def sft_row_fill(lengths: Sequence[int], seq_len: int) -> float:
+    """Share of row positions holding tokens when examples of ``lengths`` are packed whole, in order, into padded
+    rows of ``seq_len`` (as `take_sft_rows` does; a longer example counts as ``seq_len``, i.e. truncated)."""
+    check_seq_len(seq_len)
+    used = rows = 0
+    room = 0
+    for n in lengths:
+        n = min(int(n), seq_len)
+        if n > room:
+            rows, room = rows + 1, seq_len
+        used, room = used + n, room - n
+    return used / (rows * seq_len) if rows else 1.0
+
+
+def best_sft_seq_len(lengths: Sequence[int], up_to: int, multiple: int = 64) -> tuple[int, float]:
+    """The row length (a multiple of ``multiple`` from the longest example up to ``up_to``) that wastes the least
+    to padding, and its fill (`sft_row_fill`); the shortest wins ties."""
+    longest = max(lengths)
+    first = -(-longest // multiple) * multiple
+    options = [(sft_row_fill(lengths, t), -t) for t in range(first, max(first, up_to) + 1, multiple)]
+    fill, neg = max(options)
+    return -neg, fill
+
+
 def pack_sft(
     examples: Iterable[tuple[Sequence[int], Sequence[int]]],
     seq_len: int,
