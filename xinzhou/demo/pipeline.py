@@ -161,13 +161,9 @@ def stage_pretrain(ctx: Context) -> dict[str, Any]:
 
 
 def sft_seq_len(preset: DemoPreset, longest: int | None) -> int:
-    """SFT row length: ``preset.sft_seq_len``, raised (to a multiple of 64) if the longest trace is longer.
-
-    Rows hold whole examples and are padded (`xinzhou.data.packing.take_sft_rows`), so the row length sets the
-    waste: the tiny preset's traces are 480-600 tokens, and 1024-token rows held one example plus ~40% padding
-    in most rows (two fit only when both were difficulty 1). 640-token rows hold one each with ~15% padding; at
-    the same compute that is 1.35x more examples seen, which took the demo's difficulty-2 success after SFT
-    from 78% to 100% (README, Demo). Raising instead of truncating keeps every trace's answer in the data."""
+    """SFT row length: ``preset.sft_seq_len``, raised (to a multiple of 64) if the longest trace is longer, so
+    no trace is truncated. Why the preset's rows are as short as the traces allow (padding):
+    `xinzhou.train.sft.warn_about_padding` and the README's Demo section."""
     return max(preset.sft_seq_len, -(-(longest or 0) // 64) * 64)
 
 
