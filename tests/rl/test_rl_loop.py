@@ -96,6 +96,24 @@ def test_k_minibatches_separate_cispo_from_dapo(policy: Path, tmp_path: Path) ->
     assert recs["dapo"]["zero_grad_frac"] > 0 and recs["cispo"]["zero_grad_frac"] == 0
 
 
+def test_kl_penalty_holds_the_policy_near_its_start(policy: Path, tmp_path: Path) -> None:
+    """`kl_coef` scores every update against a frozen copy of the starting policy and logs that KL (`ref_kl`, on
+    the sampled tokens). A negligible coefficient only measures it: the policy drifts (KL 0.28 at step 2 here); a
+    strong one keeps it near the start (0.06)."""
+    def run(kl: float) -> list[dict]:
+        out = tmp_path / f"kl{kl}"
+        train_rl(rl_config(policy, out, kl_coef=kl, minibatches=4, max_steps=3, lr=3e-3, aggregation="token"),
+                 env=TwoTurnEnv)
+        return [r for r in read_jsonl(out / "metrics.jsonl") if "reward" in r]
+
+    measured, held = run(1e-9), run(20.0)
+    assert measured[0]["ref_kl"] < 1e-2 and held[0]["ref_kl"] < 1e-2  # step 1 starts at the reference
+    drift, kept = sum(r["ref_kl"] for r in measured[1:]), sum(r["ref_kl"] for r in held[1:])
+    assert kept < 0.5 * drift, (drift, kept)
+    train_rl(rl_config(policy, tmp_path / "none", max_steps=1), env=TwoTurnEnv)
+    assert all("ref_kl" not in r for r in read_jsonl(tmp_path / "none" / "metrics.jsonl"))  # kl_coef 0: no reference
+
+
 def test_staleness_generates_with_old_weights(policy: Path, tmp_path: Path) -> None:
     res = train_rl(rl_config(policy, tmp_path / "stale", staleness=1, max_steps=3), env=TwoTurnEnv)
     assert [h["policy_age"] for h in res.history] == [0, 1, 0]
@@ -129,6 +147,7 @@ def test_a_raising_reward_function_is_logged_and_skipped(policy: Path, tmp_path:
     ({"objective": "dapo", "eps_high": -1.0}, "eps_high must be >= 0"),
     ({"difficulty": 9}, "unknown difficulty 9"),
     ({"overlong": "cut"}, "overlong must be one of"),
+    ({"kl_coef": -0.1}, "kl_coef must be >= 0"),
     ({"lrr": 1.0}, "unknown RL config key 'lrr'"),
 ])
 def test_bad_configs_are_clear_errors(override: dict, message: str) -> None:

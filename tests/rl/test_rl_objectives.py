@@ -219,3 +219,32 @@ def test_loop_contract_weights_scaled_by_step_tokens() -> None:
              for r in (slice(0, 2), slice(2, 6))]
     loop_loss = sum(p[0] for p in parts) / sum(p[1]["tokens"] for p in parts)
     assert float(loop_loss) == pytest.approx(float(full), rel=1e-12)
+
+
+# ------------------------------------------------------------------ KL penalty to a reference policy (GRPO's β)
+P_REF = torch.full((2, 2), 0.4, dtype=torch.float64)
+
+
+def test_reference_kl_penalty_matches_hand_values() -> None:
+    """k3 = p_ref/p − ln(p_ref/p) − 1 per token, gradient w.r.t. log p = 1 − p_ref/p, added to every objective's
+    per-token loss before aggregation (token mean over the 3 loss tokens here)."""
+    k3 = [0.4 / 0.8 - LN(0.5) - 1, 0.4 / 0.5 - LN(0.8) - 1, 0.4 / 0.2 - LN(2.0) - 1]  # 0.1931, 0.0231, 0.3069
+    beta = 0.3
+    for name in ("cispo", "dapo", "grpo"):
+        base_loss, base_grad, _ = loss_and_grad(name)
+        loss, grad, metrics = loss_and_grad(name, kl_coef=beta, ref_logp_BT=P_REF.log())
+        assert loss - base_loss == pytest.approx(beta * sum(k3) / 3, abs=1e-12)
+        expected = torch.tensor([[0.5, 0.2], [-1.0, 0.0]], dtype=torch.float64) * beta / 3
+        assert torch.allclose(grad - base_grad, expected, atol=1e-12)
+        assert metrics["ref_kl"] == pytest.approx(sum(k3) / 3, abs=1e-12)
+
+
+def test_reference_kl_is_zero_at_the_reference_and_needs_it() -> None:
+    base_loss, base_grad, _ = loss_and_grad("cispo")
+    loss, grad, metrics = loss_and_grad("cispo", kl_coef=1.0, ref_logp_BT=P.log())
+    assert loss == pytest.approx(base_loss, abs=1e-15) and torch.allclose(grad, base_grad, atol=1e-15)
+    assert metrics["ref_kl"] == 0
+    with pytest.raises(ValueError, match="needs ref_logp_BT"):
+        loss_and_grad("cispo", kl_coef=0.1)
+    with pytest.raises(ValueError, match="kl_coef must be >= 0"):
+        loss_and_grad("cispo", kl_coef=-0.1, ref_logp_BT=P.log())

@@ -16,6 +16,8 @@ Conventions mapped (TRL -> xinzhou):
 - `loss_type="dapo"`: PPO-clip with `epsilon=0.2`, `epsilon_high=0.28`, token mean -> `dapo`, "token".
 - `loss_type="grpo"`: PPO-clip, ε = 0.2, per-sequence mean then batch mean -> `grpo`, "sequence".
 - GSPO: `loss_type="grpo"` with `importance_sampling_level="sequence"` -> `gspo`, "sequence".
+- The KL penalty: TRL `beta` with `ref_per_token_logps` (and `use_bias_correction_kl=False`) -> `kl_coef` with
+  `ref_logp_BT`, for every case above.
 """
 
 from __future__ import annotations
@@ -71,10 +73,11 @@ def trl_compute_loss() -> Callable[..., torch.Tensor]:
 class TRLStandIn:
     """The attributes `GRPOTrainer._compute_loss` reads, for one process, no accumulation, no KL/vLLM/masks."""
 
-    def __init__(self, loss_type: str, level: str, eps: tuple[float, float], logits: torch.Tensor) -> None:
+    def __init__(self, loss_type: str, level: str, eps: tuple[float, float], logits: torch.Tensor,
+                 beta: float = 0.0) -> None:
         self.loss_type, self.importance_sampling_level = loss_type, level
         self.epsilon_low, self.epsilon_high = eps
-        self.beta, self.top_entropy_quantile, self.off_policy_mask_threshold = 0.0, 1.0, None
+        self.beta, self.top_entropy_quantile, self.off_policy_mask_threshold = beta, 1.0, None
         self.use_vllm = self.vllm_importance_sampling_correction = False
         self._entropy_bonus_enabled = self.aux_loss_enabled = False
         self.args = SimpleNamespace(delta=None, steps_per_generation=1, use_bias_correction_kl=False)
@@ -109,35 +112,41 @@ def make_inputs(seed: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Te
         "completion_ids": ids, "completion_mask": mask, "old_per_token_logps": old,
         "advantages": torch.tensor([1.3, -0.7, 0.4, -1.1], dtype=dtype),
         "num_items_in_batch": mask.sum().to(dtype),
+        # a reference policy a little away from the current one (KL penalty cases)
+        "ref_per_token_logps": completion_logps(logits + 0.5 * torch.randn(b, t, v, generator=g, dtype=torch.float64)
+                                                .to(dtype), ids),
     }
     return logits, inputs
 
 
 def compare(trl_fn: Callable[..., torch.Tensor], case: tuple, seed: int,
-            dtype: torch.dtype = torch.float64) -> tuple[float, float]:
+            dtype: torch.dtype = torch.float64, beta: float = 0.0) -> tuple[float, float]:
     """(|loss difference|, max |gradient difference|) between TRL and xinzhou on identical tensors."""
     loss_type, level, eps, objective, options, aggregation = case
     logits, inputs = make_inputs(seed, dtype)
     leaf_trl = logits.clone().requires_grad_()
-    trl_loss = trl_fn(TRLStandIn(loss_type, level, eps, leaf_trl), None, inputs)
+    trl_loss = trl_fn(TRLStandIn(loss_type, level, eps, leaf_trl, beta), None, inputs)
     (g_trl,) = torch.autograd.grad(trl_loss, leaf_trl)
 
     leaf = logits.clone().requires_grad_()
     logp = completion_logps(leaf, inputs["completion_ids"])
     loss, _ = policy_loss(objective, logp, inputs["old_per_token_logps"], inputs["advantages"],
-                          inputs["completion_mask"].to(dtype), aggregation=aggregation, **options)
+                          inputs["completion_mask"].to(dtype), aggregation=aggregation,
+                          ref_logp_BT=inputs["ref_per_token_logps"], kl_coef=beta, **options)
     (g_ours,) = torch.autograd.grad(loss, leaf)
     assert g_ours.abs().max() > 1e-3  # the comparison is not vacuous
     return abs(float(loss.detach() - trl_loss.detach())), float((g_ours - g_trl).abs().max())
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-{c[3]}" for c in CASES])
 def test_loss_and_gradients_match_trl(trl_compute_loss: Callable[..., torch.Tensor], case: tuple,
-                                      dtype: torch.dtype) -> None:
-    """Max gradient difference <= 1e-6 (measured: exactly 0 in float64, and in float32 a few ulps at most)."""
+                                      dtype: torch.dtype, beta: float) -> None:
+    """Max gradient difference <= 1e-6 (measured: exactly 0 in float64, and in float32 a few ulps at most), with
+    and without the KL penalty to a reference policy."""
     for seed in range(3):
-        loss_diff, grad_diff = compare(trl_compute_loss, case, seed, dtype)
+        loss_diff, grad_diff = compare(trl_compute_loss, case, seed, dtype, beta)
         assert loss_diff <= (1e-12 if dtype == torch.float64 else 1e-6) and grad_diff <= 1e-6, (seed, loss_diff,
                                                                                                 grad_diff)
 
@@ -149,6 +158,9 @@ def test_cases_exercise_the_clip(trl_compute_loss: Callable[..., torch.Tensor]) 
         stand_in = TRLStandIn(loss_type, "token", (0.2, 5.0 if loss_type == "cispo" else 0.28), logits)
         trl_compute_loss(stand_in, None, inputs)
         assert stand_in._metrics["train"][key][0] > 0
+    # and the reference policy is far enough away that the KL penalty changes the loss
+    with_kl = trl_compute_loss(TRLStandIn("cispo", "token", (0.2, 5.0), logits, beta=0.2), None, inputs)
+    assert abs(float(with_kl - trl_compute_loss(TRLStandIn("cispo", "token", (0.2, 5.0), logits), None, inputs))) > 1e-2
 
 
 def test_trl_default_cispo_cap_is_not_ours(trl_compute_loss: Callable[..., torch.Tensor]) -> None:

@@ -84,6 +84,9 @@ class RLConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     aux_loss_coef: float = 0.0  # MoE load-balance loss added to the policy loss
+    # β of a per-token k3 KL(π_θ ‖ π_ref) penalty, π_ref the starting policy (GRPO's β, TRL's `beta`); 0 = none, as
+    # in M1 and DAPO. It costs one more forward per update and keeps what the rewards do not cover where SFT left it
+    kl_coef: float = 0.0
     fp32_lm_head: bool = True  # M1: logits from an fp32 head for rollouts and trainer alike
     # held-out evaluation (greedy)
     eval_every: int = 10  # steps; also before the first and after the last step; 0 = only there
@@ -140,7 +143,7 @@ class RLConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("staleness", "warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip",
-                     "aux_loss_coef", "threads", "repetition_stop", "top_k", "train_seed_start", "eval_seed_start"):
+                     "aux_loss_coef", "kl_coef", "threads", "repetition_stop", "top_k", "train_seed_start", "eval_seed_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.temperature:

@@ -38,6 +38,7 @@ from xinzhou.rl.loss import (
     mean_metrics,
     policy_loss,
     policy_metric_sums,
+    reference_kl,
 )
 from xinzhou.rl.objectives import (
     OBJECTIVES,
@@ -71,6 +72,7 @@ __all__ = [*sorted(_LAZY),
     "RepetitionGuard", "RolloutBatch", "StepResult", "TaskEnv", "Trajectory", "aggregate", "aggregation_weights",
     "check_finite", "check_options", "cispo", "dapo", "dynamic_sampling", "get_objective", "group_advantages", "grpo",
     "gspo", "mean_metrics", "objective_options", "observation_text", "overlong_penalty", "policy_loss",
-    "policy_metric_sums", "probability_correlation", "run_bandit", "run_episode", "token_entropy", "token_logprobs",
+    "policy_metric_sums", "probability_correlation", "reference_kl", "run_bandit", "run_episode", "token_entropy",
+    "token_logprobs",
     "zero_variance_groups",
 ]

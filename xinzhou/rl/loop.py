@@ -12,7 +12,8 @@ rollout batch (a *step*):
    (`update.py`): the first on-policy, the rest off-policy, which is where CISPO (capped IS weight, every token
    keeps its gradient) and DAPO/GRPO (clipped tokens get none) differ;
 4. metrics to `metrics.jsonl` and the progress line: reward, success, clip fraction, IS weight, entropy,
-   approximate KL, zero-gradient fraction, rollout-vs-trainer probability correlation (M1 Fig. 3), tokens/s,
+   approximate KL (with `kl_coef`, also `ref_kl`, the KL to the starting policy that the penalty acts on),
+   zero-gradient fraction, rollout-vs-trainer probability correlation (M1 Fig. 3), tokens/s,
    truncation rate; greedy held-out success (`evaluate.py`) before the first step, every `eval_every` steps and
    after the last; checkpoints through the trainer's `Checkpointer` (resume is bit-identical); a Hugging Face
    export with tokenizer and chat template at the end.
@@ -23,6 +24,7 @@ run is reproducible and resumable, and rollouts do not depend on how they are sp
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -120,6 +122,8 @@ class RLRun:
         model.config.fp32_lm_head = cfg.fp32_lm_head  # the engine's head and the trainer's read the same flag
         self.model = model
         self.env = env if env is not None else cfg.task
+        # the KL penalty's reference: a frozen copy of the starting policy (made before a resume loads weights)
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef else None
         self.generator = Generator(model, self.tokenizer, cfg, self.info)  # before DDP and the optimizer: the
         self.wrapped = parallelize(model, resolve_mode(cfg.parallel, self.info.world_size), self.info)  # layout
         optimizer = build_optimizer(self.wrapped, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
@@ -132,7 +136,8 @@ class RLRun:
                                     options=cfg.objective_options(), aggregation=cfg.aggregation,
                                     minibatches=cfg.minibatches, micro_batch_size=cfg.micro_batch_size,
                                     aux_loss_coef=cfg.aux_loss_coef, seed=cfg.seed, pad_id=self.tokenizer.pad_id,
-                                    save_dir=self.out, temperature=cfg.temperature)
+                                    save_dir=self.out, temperature=cfg.temperature, kl_coef=cfg.kl_coef,
+                                    reference=self.reference)
         # behaviour logprobs under the distribution actually sampled (temperature applied), which the trainer
         # reproduces by dividing its logits by the same temperature (PolicyUpdate)
         self.params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, logprobs=True,

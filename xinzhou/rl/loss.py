@@ -4,7 +4,9 @@ Why: the trainer's `loss_fn(model, batch) -> (loss, metrics)` should be a thin w
 calls `policy_loss`, whose metrics already follow the loop's contract (detached sums plus a `"tokens"` count).
 Metrics are the ones that explain an RL run (M1 §3, ScaleRL A.12/A.15): the clip fraction,
 the mean importance weight, entropy, the approximate KL between behaviour and current policy, and the fraction of
-tokens whose gradient is exactly zero (where DAPO and CISPO differ). `check_finite` is the NaN guard: a non-finite
+tokens whose gradient is exactly zero (where DAPO and CISPO differ). An optional KL penalty to a reference policy
+(`kl_coef`, GRPO's β) is added to the per-token loss here, beside the objective, so every objective can use it
+and the objectives stay the papers' formulas. `check_finite` is the NaN guard: a non-finite
 loss stops the run with the offending batch saved, never a silent NaN step.
 """
 
@@ -59,6 +61,15 @@ def policy_metric_sums(
     return sums
 
 
+def reference_kl(logp_BT: Tensor, ref_logp_BT: Tensor) -> Tensor:
+    r"""Per-token k3 estimate of KL(π_θ ‖ π_ref) on tokens sampled from the rollout policy (DeepSeekMath eq. 4,
+    TRL's `beta` term): `exp(ref − logp) − (ref − logp) − 1`, ≥ 0 and 0 exactly where the two logprobs agree. Its
+    gradient w.r.t. `logp` is `1 − π_ref/π_θ`: it pulls each sampled token's probability back towards the
+    reference's, which keeps what RL does not train on (other problem types, phrasing) where SFT left it."""
+    d = ref_logp_BT.detach() - logp_BT
+    return torch.exp(d) - d - 1
+
+
 def mean_metrics(sums: dict[str, Tensor]) -> dict[str, float]:
     """Per-token means of metric sums (`sum / tokens`; nan when there are no tokens), `tokens` as a count."""
     n = float(sums["tokens"])
@@ -76,6 +87,8 @@ def policy_loss(
     group_ids_B: Tensor | None = None,
     weights_BT: Tensor | None = None,
     entropy_BT: Tensor | None = None,
+    ref_logp_BT: Tensor | None = None,
+    kl_coef: float = 0.0,
     **options: Any,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """`(Σ_bt w_bt · loss_bt, metric sums)` for `objective` (a registered name or a function) with its `options`.
@@ -85,6 +98,10 @@ def policy_loss(
     Under the shared training loop (which divides the summed loss by the summed `"tokens"`), pass
     `aggregation_weights(mode, step_mask, step_groups)[rows] * step_mask.sum()`. Metrics are detached sums with
     their token count (see `policy_metric_sums`; `mean_metrics` turns them into means).
+
+    `kl_coef` > 0 adds `kl_coef · reference_kl(logp, ref_logp_BT)` to every token's loss before aggregation (as
+    TRL's `GRPOTrainer` does with `beta`), and the metric `ref_kl`; it needs `ref_logp_BT`, the reference policy's
+    logprobs of the same tokens.
     """
     if isinstance(objective, str):
         check_options(objective, options)
@@ -94,7 +111,18 @@ def policy_loss(
     terms = fn(logp_BT, logp_old_BT, adv, mask_BT, **options)
     if weights_BT is None:
         weights_BT = aggregation_weights(aggregation, mask_BT, group_ids_B)
-    return aggregate(terms.loss_BT, weights_BT), policy_metric_sums(terms, logp_BT, logp_old_BT, mask_BT, entropy_BT)
+    loss_BT = terms.loss_BT
+    kl_BT = None
+    if kl_coef:
+        if kl_coef < 0 or ref_logp_BT is None:
+            raise ValueError(f"kl_coef must be >= 0 and needs ref_logp_BT (the reference policy's logprobs); got "
+                             f"kl_coef={kl_coef}, ref_logp_BT={'given' if ref_logp_BT is not None else None}")
+        kl_BT = torch.where(mask_BT > 0, reference_kl(logp_BT, ref_logp_BT), 0.0)  # padding never becomes NaN
+        loss_BT = loss_BT + kl_coef * kl_BT
+    sums = policy_metric_sums(terms, logp_BT, logp_old_BT, mask_BT, entropy_BT)
+    if kl_BT is not None:
+        sums["ref_kl"] = (kl_BT.detach().double() * mask_BT.detach().double()).sum()
+    return aggregate(loss_BT, weights_BT), sums
 
 
 class NonFiniteLossError(FloatingPointError):

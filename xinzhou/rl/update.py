@@ -103,11 +103,13 @@ class PolicyUpdate:
     """`update(batch, step)`: k = `minibatches` optimizer updates on this process's share of a rollout batch.
 
     `options` are the objective's (e.g. `eps_high`); `aggregation` one of "token", "sequence", "prompt";
-    `temperature` the rollouts' sampling temperature (their behaviour logprobs are under softmax(logits / T))."""
+    `temperature` the rollouts' sampling temperature (their behaviour logprobs are under softmax(logits / T));
+    `kl_coef` > 0 adds the KL penalty to `reference` (a frozen model, scored at the same temperature)."""
 
     def __init__(self, trainer: Trainer, info: DistInfo, *, objective: str, options: dict[str, float],
                  aggregation: str, minibatches: int, micro_batch_size: int, aux_loss_coef: float, seed: int,
-                 pad_id: int, save_dir: str | Path, temperature: float = 1.0) -> None:
+                 pad_id: int, save_dir: str | Path, temperature: float = 1.0, kl_coef: float = 0.0,
+                 reference: torch.nn.Module | None = None) -> None:
         self.trainer, self.info = trainer, info
         self.objective, self.options, self.aggregation = objective, options, aggregation
         self.minibatches, self.micro_batch_size = minibatches, micro_batch_size
@@ -115,6 +117,9 @@ class PolicyUpdate:
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
+        if kl_coef and reference is None:
+            raise ValueError("kl_coef > 0 needs a reference model (the frozen starting policy)")
+        self.kl_coef, self.reference = kl_coef, reference
         self.step = 0
         self._maxdiff: list[float] = []
 
@@ -128,10 +133,16 @@ class PolicyUpdate:
         # the policy that sampled the rollouts is softmax(logits / T): the ratio and gradient are taken under it
         logits = out.logits if self.temperature == 1.0 else out.logits.float() / self.temperature
         logp = token_logprobs(logits, ids)
+        ref_logp = None
         with torch.no_grad():
             entropy = token_entropy(logits.detach())
+            if self.kl_coef:
+                ref_logits = self.reference(ids).logits
+                ref_logp = token_logprobs(ref_logits if self.temperature == 1.0
+                                          else ref_logits.float() / self.temperature, ids)
         loss_w, sums = policy_loss(self.objective, logp, behaviour, b.advantages_B.to(dev), mask,
-                                   weights_BT=micro.weights_BT.to(dev), entropy_BT=entropy, **self.options)
+                                   weights_BT=micro.weights_BT.to(dev), entropy_BT=entropy,
+                                   ref_logp_BT=ref_logp, kl_coef=self.kl_coef, **self.options)
         loss = loss_w * micro.total_tokens
         if self.aux_loss_coef:
             loss = loss + self.aux_loss_coef * out.aux_loss.float() * mask.sum()
