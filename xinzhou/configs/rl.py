@@ -143,7 +143,8 @@ class RLConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("staleness", "warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip",
-                     "aux_loss_coef", "kl_coef", "threads", "repetition_stop", "top_k", "train_seed_start", "eval_seed_start"):
+                     "aux_loss_coef", "kl_coef", "threads", "repetition_stop", "top_k", "train_seed_start",
+                     "eval_seed_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.temperature:

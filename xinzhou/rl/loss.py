@@ -121,7 +121,7 @@ def policy_loss(
         loss_BT = loss_BT + kl_coef * kl_BT
     sums = policy_metric_sums(terms, logp_BT, logp_old_BT, mask_BT, entropy_BT)
     if kl_BT is not None:
-        sums["ref_kl"] = (kl_BT.detach().double() * mask_BT.detach().double()).sum()
+        sums["ref_kl"] = kl_BT.detach().double().sum()  # zero off the mask already
     return aggregate(loss_BT, weights_BT), sums
 
 
