@@ -179,10 +179,11 @@ def test_trl_default_cispo_cap_is_not_ours(trl_compute_loss: Callable[..., torch
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("beta", [0.0, 0.2])
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-{c[3]}" for c in CASES])
-def test_isolated_source_is_what_trl_runs(case: tuple) -> None:
+def test_isolated_source_is_what_trl_runs(case: tuple, beta: float) -> None:
     from trl import GRPOTrainer
 
     for seed in range(3):
-        loss_diff, grad_diff = compare(GRPOTrainer._compute_loss, case, seed)
+        loss_diff, grad_diff = compare(GRPOTrainer._compute_loss, case, seed, beta=beta)
         assert loss_diff <= 1e-12 and grad_diff <= 1e-6, (seed, loss_diff, grad_diff)
