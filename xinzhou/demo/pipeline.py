@@ -19,12 +19,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from xinzhou import fileio
 from xinzhou.demo.presets import DemoPreset
+
+if TYPE_CHECKING:
+    from xinzhou.configs.train import TrainConfig
 
 STAGES = ("tokenizer", "data", "init", "pretrain", "sft", "eval_sft", "rl", "eval_rl", "export", "report")
 EVAL_SEED_START = 1_000_000  # held-out problems; SFT data uses seeds below 100_000, RL 100_000..900_000
@@ -124,16 +127,24 @@ def _resume_flags(run_dir: Path) -> dict[str, bool]:
     return {"resume": True} if has_ckpt else {"overwrite": True}
 
 
+def train_config(out_dir: str | Path, init: str, data: str, seed: int, *, seq_len: int, batch: int, steps: int,
+                 lr: float, **options: Any) -> TrainConfig:
+    """The ``TrainConfig`` of a demo training stage (pretraining or SFT): one row shape per micro-batch, no
+    weight decay, the last checkpoint kept."""
+    from xinzhou.configs.train import TrainConfig
+
+    return TrainConfig(task="sft", recipe="demo", out_dir=str(out_dir), init_from=init, data=data, seq_len=seq_len,
+                       batch_size=batch, micro_batch_size=batch, max_steps=steps, lr=lr, weight_decay=0.0,
+                       keep_last=1, seed=seed, **options)
+
+
 def _train(ctx: Context, name: str, init: str, data: str, *, seq_len: int, batch: int, steps: int, lr: float,
            **options: Any) -> dict[str, Any]:
     """One `xinzhou.train.sft` run into ``OUT/name`` (resumed from its checkpoint if there is one)."""
-    from xinzhou.configs.train import TrainConfig
     from xinzhou.train.sft import sft
 
-    cfg = TrainConfig(task="sft", recipe="demo", out_dir=str(ctx.path(name)), init_from=init, data=data,
-                      seq_len=seq_len, batch_size=batch, micro_batch_size=batch, max_steps=steps, lr=lr,
-                      weight_decay=0.0, keep_last=1, seed=ctx.preset.seed, **options,
-                      **_resume_flags(ctx.path(name)))
+    cfg = train_config(ctx.path(name), init, data, ctx.preset.seed, seq_len=seq_len, batch=batch, steps=steps,
+                       lr=lr, **options, **_resume_flags(ctx.path(name)))
     cfg.validate()
     res = sft(cfg)
     return {"steps": res.steps, "final_eval_loss": res.final_eval_loss, "baseline": res.baseline,
@@ -167,13 +178,20 @@ def sft_seq_len(preset: DemoPreset, longest: int | None) -> int:
     return max(preset.sft_seq_len, -(-(longest or 0) // 64) * 64)
 
 
+def sft_options(preset: DemoPreset, seq_len: int) -> dict[str, Any]:
+    """The SFT stage's settings for rows of ``seq_len``, as keyword arguments of :func:`train_config` (experiments
+    use them to train exactly as the demo does on other data)."""
+    steps = preset.sft_steps
+    return {"seq_len": seq_len, "batch": preset.sft_batch, "steps": steps, "lr": preset.sft_lr,
+            "warmup_steps": max(1, steps // 12), "eval_every": max(1, steps // 4),
+            "save_every": max(1, steps // 4), "eval_tokens": 8 * seq_len}
+
+
 def stage_sft(ctx: Context) -> dict[str, Any]:
     p = ctx.preset
     seq_len = sft_seq_len(p, ctx.results["data"].get("longest_tokens"))
     return _train(ctx, "sft", ctx.results["pretrain"]["export"], str(ctx.path("data", "sft.jsonl")),
-                  seq_len=seq_len, batch=p.sft_batch, steps=p.sft_steps, lr=p.sft_lr,
-                  warmup_steps=max(1, p.sft_steps // 12), eval_every=max(1, p.sft_steps // 4),
-                  save_every=max(1, p.sft_steps // 4), eval_tokens=8 * seq_len)
+                  **sft_options(p, seq_len))
 
 
 def _evaluate(ctx: Context, model_dir: Path, difficulties: tuple[int, ...], keep: str = "chain") -> dict[str, Any]:
