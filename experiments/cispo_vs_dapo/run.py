@@ -67,7 +67,8 @@ def stage_sft(out: Path, s: dict[str, Any]) -> Path:
     drills, SFT on calculator traces), in ``out/demo``; resumable like the demo itself."""
     from xinzhou.demo import get_preset, run_demo  # noqa: PLC0415
 
-    res = run_demo(out / "demo", get_preset(s["demo_preset"]), stop_after="sft")
+    # tool-only traces, as when the study ran (before the demo mixed in calculator-skipping ones)
+    res = run_demo(out / "demo", get_preset(s["demo_preset"]).replace(mental_last_frac=0.0), stop_after="sft")
     return Path(res["sft"]["export"])
 
 

@@ -1,6 +1,7 @@
 """Why RL does not beat SFT on the demo's arithmetic task: the runs behind the README's Demo section.
 
-The demo's SFT reaches 100% at difficulties 1 and 2, so RL has nothing to add there. These runs ask whether CISPO
+On tool-only traces (the demo before it mixed in calculator-skipping ones, ``mental_last_frac=0``) the demo's SFT
+reaches 100% at difficulties 1 and 2, so RL has nothing to add there. These runs ask whether CISPO
 adds anything to a *weaker* SFT policy, and what it changes:
 
 1. ``base``: the ``xinzhou demo`` pipeline up to its SFT evaluation with a shorter SFT (480 steps instead of 820),
@@ -43,7 +44,9 @@ CASES: dict[str, dict[str, Any]] = {
 
 def settings(quick: bool) -> dict[str, Any]:
     """Every knob in one place (the README quotes them)."""
-    s = {"preset": "tiny", "sft_steps": 480, "eval_n": 64, "p_fail": 0.3, "retry_fraction": 0.05,
+    # mental_last_frac 0: these runs predate the demo's calculator-skipping traces and study SFT on tool-only ones
+    s = {"preset": "tiny", "mental_last_frac": 0.0, "sft_steps": 480, "eval_n": 64, "p_fail": 0.3,
+         "retry_fraction": 0.05,
          "rl": {"group_size": 4, "prompts_per_batch": 8, "minibatches": 8, "lr": 3e-5, "max_steps": 32,
                 "max_tokens": 512, "max_turn_tokens": 96},
          "flaky_rl": {"group_size": 4, "prompts_per_batch": 8, "minibatches": 2, "lr": 3e-5, "max_steps": 16,
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or HERE / "out" / ("quick" if args.quick else f"seed{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
-    preset = get_preset(s["preset"]).replace(seed=args.seed)
+    preset = get_preset(s["preset"]).replace(seed=args.seed, mental_last_frac=s["mental_last_frac"])
     clean = lambda d: "arithmetic"
     flaky = lambda d: lambda: FlakyCalculator(d, s["p_fail"])
 

@@ -112,6 +112,27 @@ def test_another_preset_in_the_same_folder_is_refused(tmp_path: Path) -> None:
         get_preset("huge")
 
 
+def test_demo_sft_data_mixes_in_mental_last_traces() -> None:
+    """About ``mental_last_frac`` of the demo's SFT traces skip the calculator for the last step (drawn per seed,
+    the same every run); 0 turns them off; tasks other than arithmetic ignore it."""
+    from xinzhou.tasks import get_task
+
+    task, preset = get_task("arithmetic"), get_preset("tiny")
+
+    def mental(rec) -> bool:
+        return "=" in rec["messages"][-1]["reasoning_content"]
+
+    recs = [pipeline.sft_record(task, preset, i) for i in range(400)]
+    assert recs == [pipeline.sft_record(task, preset, i) for i in range(400)]
+    share = sum(map(mental, recs)) / len(recs)
+    assert abs(share - preset.mental_last_frac) < 0.08, share
+    assert {r["messages"][1]["content"] for r in recs[:2]} == {task.generate(0, 1).prompt, task.generate(1, 2).prompt}
+    assert not any(mental(pipeline.sft_record(task, preset.replace(mental_last_frac=0.0), i)) for i in range(100))
+    countdown = get_task("countdown")
+    rec = pipeline.sft_record(countdown, preset.replace(task="countdown"), 3)
+    assert rec == countdown.sft_record(countdown.generate(3, 2))
+
+
 def test_copy_drills_are_exact_and_deterministic() -> None:
     drills = copy_drills(50, seed=3)
     assert drills == copy_drills(50, seed=3) and drills != copy_drills(50, seed=4)

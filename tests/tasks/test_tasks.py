@@ -74,6 +74,29 @@ def test_arithmetic_traces_call_the_calculator_at_least_twice() -> None:
             assert turns[-1].content == f"Answer: {problem.answer}" and not turns[-1].tool_calls
 
 
+def test_arithmetic_mental_last_trace_does_the_last_step_in_its_thinking() -> None:
+    """The demonstrator that does the last step in its head: one call fewer, the same earlier turns and results,
+    and a final thought that states the last step's expression and its (correct) value; it replays through the
+    environment to reward 1."""
+    from xinzhou.rl import TaskEnv, run_episode
+
+    task = get_task("arithmetic")
+    for d, calls in zip(task.difficulties, (2, 3, 5, 6)):
+        for problem in task.dataset(10, d, start_seed=300):
+            full, mental = task.sft_trace(problem), task.sft_trace(problem, mental_last=True)
+            assert mental[:-1] == full[:-3]  # everything before the last call is the same
+            turns = [m for m in mental if isinstance(m, AssistantMessage)]
+            assert sum(len(t.tool_calls) for t in turns) == calls - 1
+            thought, expr = task.steps(problem)[-1]
+            assert f"{thought[:-1]}: {expr} = {problem.answer}. So that is the answer." in turns[-1].reasoning_content
+            assert turns[-1].content == f"Answer: {problem.answer}" and task.verify(problem, turns[-1].content) == 1
+            env = TaskEnv(task, d)
+            steps = iter(turns)
+            assert run_episode(env, problem.seed, lambda _m, it=steps: next(it)).reward == 1.0
+    problem = task.generate(0, 2)
+    assert task.sft_record(problem, mental_last=False) == task.sft_record(problem)
+
+
 @pytest.mark.parametrize(
     ("content", "reward"),
     [

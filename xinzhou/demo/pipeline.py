@@ -1,6 +1,7 @@
 """`xinzhou demo`: the whole MiniMax stack on a laptop, as a resumable sequence of stages.
 
-tokenizer → data (calculator traces that think, call, read, think again, answer; and copy drills) → a fresh
+tokenizer → data (calculator traces that think, call, read, think again, answer, half of them from a demonstrator
+who does the last step in its head, which RL has to unlearn; and copy drills) → a fresh
 hybrid lightning-attention MoE model → pretraining on the copy drills (the copying circuit, see `drills.py`) →
 SFT → held-out eval → CISPO RL with the real calculator in the rollouts → held-out eval (+ the
 interleaved-thinking ablation) → Hugging Face export → report.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from xinzhou.demo.presets import DemoPreset
 
 if TYPE_CHECKING:
     from xinzhou.configs.train import TrainConfig
+    from xinzhou.tasks.base import Task
 
 STAGES = ("tokenizer", "data", "init", "pretrain", "sft", "eval_sft", "rl", "eval_rl", "export", "report")
 EVAL_SEED_START = 1_000_000  # held-out problems; SFT data uses seeds below 100_000, RL 100_000..900_000
@@ -62,11 +65,21 @@ def stage_tokenizer(ctx: Context) -> dict[str, Any]:
     task = get_task(ctx.preset.task)
     traces = []
     for i in range(400):
-        rec = task.sft_record(task.generate(90_000 + i, ctx.preset.train_difficulties[i % len(ctx.preset.train_difficulties)]))
+        rec = sft_record(task, ctx.preset, 90_000 + i)
         traces.append(render(rec["messages"], rec.get("tools")))
     tok = train_tokenizer(traces + default_corpus()[:400], ctx.preset.vocab_size)
     tok.save(ctx.path("tokenizer"))
     return {"vocab_size": tok.vocab_size, "tokens_per_trace": round(sum(len(tok.encode(t)) for t in traces[:50]) / 50)}
+
+
+def sft_record(task: Task, preset: DemoPreset, seed: int) -> dict[str, Any]:
+    """The SFT example of problem ``seed`` (difficulties in turn); a ``preset.mental_last_frac`` share of them,
+    drawn per seed, does its last step in its head (arithmetic task only)."""
+    problem = task.generate(seed, preset.train_difficulties[seed % len(preset.train_difficulties)])
+    if preset.mental_last_frac and preset.task == "arithmetic":
+        rng = random.Random(f"mental_last/{preset.seed}/{seed}")
+        return task.sft_record(problem, mental_last=rng.random() < preset.mental_last_frac)
+    return task.sft_record(problem)
 
 
 def stage_data(ctx: Context) -> dict[str, Any]:
@@ -79,11 +92,12 @@ def stage_data(ctx: Context) -> dict[str, Any]:
     tok = Tokenizer.from_dir(ctx.path("tokenizer"))
     path = ctx.path("data", "sft.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
-    calls, longest = 0, 0
+    calls, longest, mental = 0, 0, 0
     fd, tmp = fileio.mkstemp(dir=path.parent, prefix=".sft.jsonl.")
     with os.fdopen(fd, "w") as f:
         for i in range(p.sft_examples):
-            rec = task.sft_record(task.generate(i, p.train_difficulties[i % len(p.train_difficulties)]))
+            rec = sft_record(task, p, i)
+            mental += any("=" in (m.get("reasoning_content") or "") for m in rec["messages"])
             calls += sum(len(m.get("tool_calls") or []) for m in rec["messages"] if m.get("role") == "assistant")
             longest = max(longest, len(to_ids(rec["messages"], tok, rec.get("tools")).ids))
             f.write(json.dumps(rec) + "\n")
@@ -94,7 +108,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
         f.writelines(json.dumps(rec) + "\n" for rec in copy_drills(p.pretrain_examples, seed=p.seed))
     os.replace(tmp, drills)
     return {"examples": p.sft_examples, "path": str(path), "tool_calls_per_example": calls / max(p.sft_examples, 1),
-            "longest_tokens": longest, "drills": p.pretrain_examples}
+            "longest_tokens": longest, "drills": p.pretrain_examples, "mental_last": mental}
 
 
 def stage_init(ctx: Context) -> dict[str, Any]:

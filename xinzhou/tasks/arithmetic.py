@@ -3,7 +3,8 @@
 Why this task: it exercises interleaved thinking end to end. Each problem is a chain of 2-6 exact operations on
 2-3 digit numbers (products of quantity and price, a sum, an adjustment, an equal split), so a small model cannot
 do it in its head but can by calling `calculator` once per step and reading each result back. The SFT trace does
-exactly that, one call per assistant turn, and every tool result in it comes from running the real calculator.
+exactly that, one call per assistant turn, and every tool result in it comes from running the real calculator
+(`sft_trace(mental_last=True)`: the last step done in the thinking instead, a habit the demo's RL unlearns).
 
 The thinking says what each step is for in words and reads each result back once ("That is 5175 plants."); it
 does not restate the problem's numbers. Every number the model writes is a copy (from the problem, a tool result
@@ -185,18 +186,28 @@ class ArithmeticTask(Task):
             out.append(("Finally I split it into equal shares.", f"{total} / {d['k']}"))
         return out
 
-    def sft_trace(self, problem: Problem) -> list[Message]:
+    def sft_trace(self, problem: Problem, *, mental_last: bool = False) -> list[Message]:
         """System, user, then one assistant turn per step (think, call `calculator`), each followed by its tool
-        result, and a final turn that reads the last result and answers."""
+        result, and a final turn that reads the last result and answers.
+
+        `mental_last=True` gives the trace of a demonstrator who does the last step in its head: the final turn
+        thinks "Now I add the 2 amounts: 13340 + 26424 = 39764." (always correct) instead of calling the
+        calculator for it. The demo mixes such traces into SFT so that the model imitates a habit it lacks the
+        skill for (a 2M-parameter model cannot add 5-digit numbers in its head), which its RL stage, rewarded only
+        for correct answers, has to unlearn (`xinzhou/demo/presets.py`, `mental_last_frac`)."""
         unit = STORIES[problem.data["story"]].unit
         msgs: list[Message] = [SystemMessage(self.system_prompt), UserMessage(problem.prompt)]
+        steps = self.steps(problem)
+        assert evaluate(steps[-1][1]) == Fraction(problem.answer)
         readout = ""
-        for i, (thought, expr) in enumerate(self.steps(problem)):
+        for i, (thought, expr) in enumerate(steps[:-1] if mental_last else steps):
             call = ToolCall("calculator", {"expression": expr}, id=f"call_{i}")
             msgs.append(AssistantMessage("", f"{readout}{thought}", [call]))
             result = calculator(expr)
             msgs.append(ToolMessage(result, tool_call_id=call.id, name="calculator"))
             readout = f"That is {result} {unit}. "
-        assert evaluate(self.steps(problem)[-1][1]) == Fraction(problem.answer)
+        if mental_last:
+            thought, expr = steps[-1]
+            readout += f"{thought[:-1]}: {expr} = {problem.answer}. "
         msgs.append(AssistantMessage(f"Answer: {problem.answer}", f"{readout}So that is the answer."))
         return msgs

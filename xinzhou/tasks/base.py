@@ -98,9 +98,10 @@ class Task(ABC):
     def sft_trace(self, problem: Problem) -> list[Message]:
         """A correct episode as chat messages (system, user, assistant/tool turns), ready for `xinzhou.chat.to_ids`."""
 
-    def sft_record(self, problem: Problem) -> dict[str, Any]:
-        """The SFT trace as one line of the SFT JSONL format: `{"messages": [...], "tools": [...]}` (plain JSON)."""
-        return {"messages": messages_to_dicts(self.sft_trace(problem)),
+    def sft_record(self, problem: Problem, **trace_options: Any) -> dict[str, Any]:
+        """The SFT trace as one line of the SFT JSONL format: `{"messages": [...], "tools": [...]}` (plain JSON);
+        `trace_options` go to the task's `sft_trace` (e.g. the arithmetic task's `mental_last`)."""
+        return {"messages": messages_to_dicts(self.sft_trace(problem, **trace_options)),
                 "tools": [t.spec().to_dict() for t in self.tools()]}
 
     def dataset(self, n: int, difficulty: int = 1, *, start_seed: int = 0) -> list[Problem]:
