@@ -174,3 +174,26 @@ def test_sft_seq_len_is_raised_to_fit_the_longest_trace() -> None:
     p = get_preset("tiny").replace(sft_seq_len=640)
     assert pipeline.sft_seq_len(p, 601) == 640 and pipeline.sft_seq_len(p, 640) == 640
     assert pipeline.sft_seq_len(p, 641) == 704 and pipeline.sft_seq_len(p, None) == 640
+
+
+def assert_demo_targets(out: Path) -> None:
+    """Issue #8's targets on a finished `tiny` run: on problems that need at least two calculator calls
+    (difficulties 1 and 2), held-out success after RL ≥ 90% and above SFT's; the whole run ≤ 15 minutes."""
+    stages = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
+    sft, rl = stages["eval_sft"]["chain"], stages["eval_rl"]["chain"]
+    for d in ("1", "2"):
+        assert rl[d]["success"] >= 0.9, (d, rl[d])
+        assert rl[d]["success"] > sft[d]["success"], (d, sft[d], rl[d])
+    assert rl["2"]["mean_tool_calls"] > sft["2"]["mean_tool_calls"]  # what RL fixed: the skipped last call
+    minutes = sum(r.get("seconds", 0) for name, r in stages.items() if name != "preset") / 60
+    assert minutes <= 15, f"tiny demo took {minutes:.1f} min (target 15 on 2 cores; is the machine busy?)"
+
+
+@pytest.mark.slow
+def test_tiny_demo_meets_its_targets(tmp_path: Path) -> None:
+    """The README's main job, whole (about 14 minutes on 2 cores)."""
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "xinzhou", "demo", "--out", str(out), "--preset", "tiny"],
+                       capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_demo_targets(out)
