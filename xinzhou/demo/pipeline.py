@@ -72,14 +72,17 @@ def stage_tokenizer(ctx: Context) -> dict[str, Any]:
     return {"vocab_size": tok.vocab_size, "tokens_per_trace": round(sum(len(tok.encode(t)) for t in traces[:50]) / 50)}
 
 
+def mental_last(preset: DemoPreset, seed: int) -> bool:
+    """Whether the SFT example of problem ``seed`` comes from the demonstrator who does the last step in its head
+    (a ``preset.mental_last_frac`` share, drawn per seed; arithmetic task only)."""
+    return preset.task == "arithmetic" and random.Random(f"mental_last/{preset.seed}/{seed}").random() < \
+        preset.mental_last_frac
+
+
 def sft_record(task: Task, preset: DemoPreset, seed: int) -> dict[str, Any]:
-    """The SFT example of problem ``seed`` (difficulties in turn); a ``preset.mental_last_frac`` share of them,
-    drawn per seed, does its last step in its head (arithmetic task only)."""
+    """The SFT example of problem ``seed`` (difficulties in turn), from the demonstrator `mental_last` picks."""
     problem = task.generate(seed, preset.train_difficulties[seed % len(preset.train_difficulties)])
-    if preset.mental_last_frac and preset.task == "arithmetic":
-        rng = random.Random(f"mental_last/{preset.seed}/{seed}")
-        return task.sft_record(problem, mental_last=rng.random() < preset.mental_last_frac)
-    return task.sft_record(problem)
+    return task.sft_record(problem, mental_last=True) if mental_last(preset, seed) else task.sft_record(problem)
 
 
 def stage_data(ctx: Context) -> dict[str, Any]:
@@ -97,7 +100,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
     with os.fdopen(fd, "w") as f:
         for i in range(p.sft_examples):
             rec = sft_record(task, p, i)
-            mental += any("=" in (m.get("reasoning_content") or "") for m in rec["messages"])
+            mental += mental_last(p, i)
             calls += sum(len(m.get("tool_calls") or []) for m in rec["messages"] if m.get("role") == "assistant")
             longest = max(longest, len(to_ids(rec["messages"], tok, rec.get("tools")).ids))
             f.write(json.dumps(rec) + "\n")

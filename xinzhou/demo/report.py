@@ -71,14 +71,13 @@ def _what_rl_fixed(res: dict[str, Any], p, main: str) -> str:
     if not p.mental_last_frac or mental is None:
         return ""
     sft, rl = res["eval_sft"]["chain"][main], res["eval_rl"]["chain"][main]
-    full = int(main) + 1
+    full, params = int(main) + 1, res["init"]["params_total"] / 1e6
     return (f"What RL has to fix: {mental} of the {p.sft_examples} SFT traces ({mental / p.sft_examples:.0%}) come "
             "from a demonstrator who does the last step in its head (always correctly) instead of calling the "
-            "calculator. The model imitates the habit but not the skill (a 2M-parameter model cannot add 5-digit "
-            f"numbers in its head): after SFT it makes {sft['mean_tool_calls']:.2f} of the {full} calls a full "
-            f"solution makes at difficulty {main} and fails where it skips one. CISPO, rewarded only for correct "
-            f"answers, learns to call the calculator: {rl['mean_tool_calls']:.2f} calls, "
-            f"{sft['success']:.0%} → {rl['success']:.0%} success.\n")
+            f"calculator. The model ({params:.1f}M parameters) can imitate the habit, not the arithmetic: after SFT "
+            f"it makes {sft['mean_tool_calls']:.2f} of the {full} calls a full solution makes at difficulty {main} "
+            f"({sft['success']:.0%} success). CISPO, rewarded only for correct answers, learns to call the "
+            f"calculator: {rl['mean_tool_calls']:.2f} calls, {rl['success']:.0%} success.\n")
 
 
 def write_report(ctx) -> Path:
