@@ -194,6 +194,6 @@ def test_tiny_demo_meets_its_targets(tmp_path: Path) -> None:
     """The README's main job, whole (about 14 minutes on 2 cores)."""
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "xinzhou", "demo", "--out", str(out), "--preset", "tiny"],
-                       capture_output=True, text=True, timeout=3600)
+                       capture_output=True, text=True, timeout=3600, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert_demo_targets(out)
