@@ -116,6 +116,34 @@ def test_chunked_prefill_equals_one_pass(pieces):
     assert _rel(torch.cat(outs, 1), full) < 1e-5 and _rel(state, s_full) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T", [45, 64, 100])
+def test_forward_only_pieces_are_bit_identical_to_one_pass(monkeypatch, dtype, T):
+    """Without gradients the chunk kernel runs long inputs in pieces of whole blocks (`PIECE_BYTES`): exactly the
+    one-pass result, whatever T and the piece length; with gradients it keeps one pass."""
+    import xinzhou.ops.lightning.chunk as chunk
+
+    q, k, v, slope, s0 = _inputs(T=T, dtype=dtype)
+    s0 = s0.to(dtype)
+    monkeypatch.setattr(chunk, "PIECE_BYTES", 1 << 40)
+    one_o, one_s = lightning_attn_chunk(q, k, v, slope, initial_state=s0, output_final_state=True, block_size=8)
+    ref_o, ref_s = lightning_attn_naive(q, k, v, slope, initial_state=s0, output_final_state=True)
+    calls = []
+    dense = chunk._dense
+    monkeypatch.setattr(chunk, "_dense", lambda *a: calls.append(a[0].shape[1]) or dense(*a))
+    for blocks in (1, 2, 3):  # pieces of 8, 16, 24 tokens
+        monkeypatch.setattr(chunk, "PIECE_BYTES", blocks * 2 * 3 * 8 * 8 * torch.finfo(dtype).bits // 8)
+        calls.clear()
+        with torch.no_grad():
+            o, s = lightning_attn_chunk(q, k, v, slope, initial_state=s0, output_final_state=True, block_size=8)
+        assert calls == [min(8 * blocks, T - t0) for t0 in range(0, T, 8 * blocks)]
+        assert torch.equal(o, one_o) and torch.equal(s, one_s)
+        assert _rel(o, ref_o) < (1e-5 if dtype == torch.float32 else 1e-12) and _rel(s, ref_s) < 1e-5
+    calls.clear()
+    lightning_attn_chunk(q.requires_grad_(), k, v, slope, initial_state=s0, block_size=8)
+    assert calls == [T]
+
+
 def test_low_precision_inputs_keep_fp32_state():
     q, k, v, slope, _ = _inputs(B=1, T=80, dtype=torch.float32, state=False)
     slope = torch.tensor([0.001, 0.0005, 0.0001])  # λ > 0.998: would round to 1.0 in bf16
