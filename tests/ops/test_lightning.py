@@ -121,7 +121,7 @@ def test_chunked_prefill_equals_one_pass(pieces):
 def test_forward_only_pieces_are_bit_identical_to_one_pass(monkeypatch, dtype, T):
     """Without gradients the chunk kernel runs long inputs in pieces of whole blocks (`PIECE_BYTES`): exactly the
     one-pass result, whatever T and the piece length; with gradients it keeps one pass."""
-    import xinzhou.ops.lightning.chunk as chunk
+    from xinzhou.ops.lightning import chunk
 
     q, k, v, slope, s0 = _inputs(T=T, dtype=dtype)
     s0 = s0.to(dtype)
