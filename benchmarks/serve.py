@@ -19,7 +19,9 @@ per level each is measured `--rounds` times, alternating, and the best round cou
 shared: other jobs come and go).
 
 Reported per level: aggregate completion tokens/s (all tokens / wall time), median time to first token (first
-read carrying text), median request latency.
+read carrying text), median request latency, and the ceiling: the tokens/s of a decode step made of nothing but
+the checkpoint's weight products at batch = concurrency (``floors.py``) and, in brackets, its ratio to
+transformers: no server whose steps run torch's kernels can beat transformers by more here.
 
 Usage::
 
@@ -48,7 +50,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xinzhou.serve.launch import free_port  # noqa: E402
+from floors import products_step_seconds  # benchmarks/floors.py, beside this script
+
+from xinzhou.serve.launch import free_port
 
 TOPICS = ["the sea", "mountains", "a robot", "tea", "rain", "old maps", "bicycles", "the moon", "bees", "winter",
           "lanterns", "a library", "trains", "salt", "gardens", "owls"]
@@ -203,17 +207,33 @@ def compare(servers: list[Server], levels: list[int], rounds: int, max_tokens: i
     return best
 
 
-def table(ours: list[Level], peer: list[Level] | None) -> str:
+def products_rates(checkpoint: Path, levels: list[int], threads: int) -> dict[int, float]:
+    """Tokens/s of a decode step made only of the checkpoint's weight products at batch = concurrency
+    (:mod:`floors`, weights laid out as the engine lays them): no server, engine, prefill or attention. Its ratio
+    to transformers' measured tokens/s bounds the ratio any server built on torch's kernels could reach."""
+    import torch
+
+    import xinzhou
+    from xinzhou.engine.runner import input_major_
+
+    torch.set_num_threads(threads)
+    model = xinzhou.from_pretrained(checkpoint).eval()
+    input_major_(model)
+    return {c: c / products_step_seconds(model, c) for c in levels}
+
+
+def table(ours: list[Level], peer: list[Level] | None, products: dict[int, float]) -> str:
     if peer is None:
         rows = ["| concurrency | xinzhou tok/s | TTFT p50 | latency p50 |", "|---:|---:|---:|---:|"]
         rows += [f"| {a.concurrency} | {a.tokens_per_s:.1f} | {a.ttft_ms:.0f} ms | {a.latency_s:.2f} s |" for a in ours]
         return "\n".join(rows)
     rows = ["| concurrency | xinzhou tok/s | transformers tok/s | ratio | TTFT p50 xinzhou / transformers | "
-            "latency p50 xinzhou / transformers |", "|---:|---:|---:|---:|---:|---:|"]
+            "latency p50 xinzhou / transformers | products only tok/s (ceiling) |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for a, b in zip(ours, peer):
+        top = products[a.concurrency]
         rows.append(f"| {a.concurrency} | {a.tokens_per_s:.1f} | {b.tokens_per_s:.1f} | "
                     f"**{a.tokens_per_s / b.tokens_per_s:.2f}×** | {a.ttft_ms:.0f} / {b.ttft_ms:.0f} ms | "
-                    f"{a.latency_s:.2f} / {b.latency_s:.2f} s |")
+                    f"{a.latency_s:.2f} / {b.latency_s:.2f} s | {top:.0f} ({top / b.tokens_per_s:.2f}×) |")
     return "\n".join(rows)
 
 
@@ -245,8 +265,9 @@ def main() -> int:
         for srv in servers:
             stack.enter_context(srv)
         results = compare(servers, args.levels, args.rounds, args.max_tokens)
+        products = products_rates(ckpt, args.levels, args.threads)  # servers idle, still up
     ours, peer = results[0], (results[1] if len(results) > 1 else None)
-    out = table(ours, peer)
+    out = table(ours, peer, products)
     print("\n" + out)
     if args.markdown is not None:
         args.markdown.write_text(out + "\n", encoding="utf-8")
