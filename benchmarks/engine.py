@@ -7,7 +7,9 @@ issue's targets are only meaningful measured together:
 1. **throughput**: new tokens/s of a whole ``generate`` call (prefill + decode, 32-token prompts, greedy, fixed
    length) at batch 1 and 16, on the debug-text01 shape and a ~100M-parameter Text-01-style model (16 layers,
    softmax every 8th, 8 experts top-2, GQA 8:1 as in Text-01), both with full rotary so transformers computes
-   the same thing; greedy outputs are checked equal before timing;
+   the same thing; greedy outputs are checked equal before timing; beside them, a step made of nothing but its
+   weight products (``floors.py``), whose ratio to transformers is the most any engine on torch's kernels
+   could show here;
 2. **memory bandwidth**: batch-1 decode of the ~100M model against its limit, copy bandwidth (STREAM convention:
    bytes read + written per second) ÷ bytes of weights one token reads (attention, routers, the top-k experts,
    the LM head, one embedding row), both measured in this run; the read bandwidth of a plain reduction is shown
