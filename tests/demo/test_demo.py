@@ -197,3 +197,43 @@ def test_tiny_demo_meets_its_targets(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=3600, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert_demo_targets(out)
+
+
+def _sft_ctx(tmp_path: Path, attempts: int) -> pipeline.Context:
+    from rich.console import Console
+
+    ctx = pipeline.Context(tmp_path, get_preset("tiny").replace(seed=7, sft_attempts=attempts), Console(quiet=True))
+    ctx.results = {"data": {"longest_tokens": 500}, "pretrain": {"export": str(tmp_path / "pretrain")}}
+    return ctx
+
+
+@pytest.mark.parametrize(("probes", "attempts", "runs"), [
+    ([0.0, 0.5], 2, ["sft", "sft_retry1"]),  # the first run stalls, the second works
+    ([0.3], 2, ["sft"]),                      # works at once: probed once, no rerun
+    ([0.0, 0.0, 0.05], 3, ["sft", "sft_retry1", "sft_retry2"]),  # all stall: the last run is kept, with a warning
+    ([], 1, ["sft"]),                         # smoke: one run, never probed
+])
+def test_a_stalled_sft_is_rerun_with_another_data_order(tmp_path: Path, monkeypatch, probes, attempts, runs) -> None:
+    """stage_sft's control flow: which runs happen, with which data-order seeds, what the stage reports."""
+    calls, left = [], list(probes)
+
+    def fake_train(ctx, name, init, data, *, seed, **options):
+        calls.append((name, seed, init, options["steps"]))
+        return {"steps": options["steps"], "final_eval_loss": 0.1 * len(calls), "baseline": 3.9,
+                "export": str(tmp_path / name / "export"), "resumed_from": None}
+
+    monkeypatch.setattr(pipeline, "_train", fake_train)
+    monkeypatch.setattr(pipeline, "sampled_success", lambda ctx, model_dir: left.pop(0))
+    res = pipeline.stage_sft(_sft_ctx(tmp_path, attempts))
+    assert [c[0] for c in calls] == runs
+    assert [c[1] for c in calls] == [7 + 1000 * k for k in range(len(runs))]
+    assert {c[2] for c in calls} == {str(tmp_path / "pretrain")}  # every run starts from the pretrained model
+    assert left == []  # probed exactly as often as the flow needs
+    assert res["dir"] == runs[-1] and res["export"] == str(tmp_path / runs[-1] / "export")
+    assert [a["dir"] for a in res["attempts"]] == runs
+    assert [a.get("sampled_success") for a in res["attempts"]] == (probes or [None])
+    from xinzhou.demo.report import _sft_restarts
+
+    text = _sft_restarts(res)  # the report's sentence on it
+    assert (f"this is run {len(runs)}" in text) == (len(runs) > 1)
+    assert ("stalled too" in text) == (len(runs) > 1 and probes[-1] < pipeline.SFT_STALLED)

@@ -3,7 +3,7 @@
 tokenizer → data (calculator traces that think, call, read, think again, answer, half of them from a demonstrator
 who does the last step in its head, which RL has to unlearn; and copy drills) → a fresh
 hybrid lightning-attention MoE model → pretraining on the copy drills (the copying circuit, see `drills.py`) →
-SFT → held-out eval → CISPO RL with the real calculator in the rollouts → held-out eval (+ the
+SFT (rerun with another data order if its policy stalled) → held-out eval → CISPO RL with the real calculator in the rollouts → held-out eval (+ the
 interleaved-thinking ablation) → Hugging Face export → report.
 
 Each finished stage writes ``OUT/stages/<stage>.json`` (its results and wall time) atomically; a rerun skips
@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 
 STAGES = ("tokenizer", "data", "init", "pretrain", "sft", "eval_sft", "rl", "eval_rl", "export", "report")
 EVAL_SEED_START = 1_000_000  # held-out problems; SFT data uses seeds below 100_000, RL 100_000..900_000
+PROBE_SEED_START = 950_000  # the SFT stall probe's problems (between RL's and the held-out ones)
+# An SFT run can stall (a model that cannot read the problems; which seeds do depends on the CPU's floating-point
+# path, README Demo): sampled at temperature 1 on training problems, as RL's rollouts are, stalled policies solved
+# 0-6% in their first RL batches and working ones 22-62%, including those that skip a call every time greedily.
+# Below SFT_STALLED, RL has nothing to reward, so SFT reruns with another data order (up to preset.sft_attempts).
+SFT_STALLED = 0.1
 
 
 @dataclass
@@ -156,11 +162,13 @@ def train_config(out_dir: str | Path, init: str, data: str, seed: int, *, seq_le
 
 
 def _train(ctx: Context, name: str, init: str, data: str, *, seq_len: int, batch: int, steps: int, lr: float,
-           **options: Any) -> dict[str, Any]:
-    """One `xinzhou.train.sft` run into ``OUT/name`` (resumed from its checkpoint if there is one)."""
+           seed: int | None = None, **options: Any) -> dict[str, Any]:
+    """One `xinzhou.train.sft` run into ``OUT/name`` (resumed from its checkpoint if there is one); ``seed``
+    (default: the preset's) orders the data."""
     from xinzhou.train.sft import sft
 
-    cfg = train_config(ctx.path(name), init, data, ctx.preset.seed, seq_len=seq_len, batch=batch, steps=steps,
+    seed = ctx.preset.seed if seed is None else seed
+    cfg = train_config(ctx.path(name), init, data, seed, seq_len=seq_len, batch=batch, steps=steps,
                        lr=lr, **options, **_resume_flags(ctx.path(name)))
     cfg.validate()
     res = sft(cfg)
@@ -208,10 +216,44 @@ def sft_options(preset: DemoPreset, seq_len: int) -> dict[str, Any]:
 
 
 def stage_sft(ctx: Context) -> dict[str, Any]:
+    """SFT from the pretrained model; a run whose policy stalls (:func:`sampled_success` below
+    ``SFT_STALLED``) is rerun from the same start with another data order, up to ``preset.sft_attempts`` runs
+    (``OUT/sft``, ``OUT/sft_retry1``, ...). The stage's result is the last run's, with every run in ``attempts``."""
     p = ctx.preset
+    if p.sft_attempts < 1:
+        raise ValueError(f"sft_attempts must be at least 1 (SFT runs at most), got {p.sft_attempts}")
     seq_len = sft_seq_len(p, ctx.results["data"].get("longest_tokens"))
-    return _train(ctx, "sft", ctx.results["pretrain"]["export"], str(ctx.path("data", "sft.jsonl")),
-                  **sft_options(p, seq_len))
+    attempts: list[dict[str, Any]] = []
+    for k in range(p.sft_attempts):
+        name = "sft" if k == 0 else f"sft_retry{k}"
+        res = _train(ctx, name, ctx.results["pretrain"]["export"], str(ctx.path("data", "sft.jsonl")),
+                     seed=p.seed + 1000 * k, **sft_options(p, seq_len))
+        attempt = {"dir": name, "final_eval_loss": res["final_eval_loss"]}
+        attempts.append(attempt)
+        if p.sft_attempts == 1:
+            break  # nothing to fall back on: no probe
+        attempt["sampled_success"] = share = sampled_success(ctx, Path(res["export"]))
+        if share >= SFT_STALLED:
+            break
+        ctx.console.print(f"[yellow]    SFT run {k + 1} stalled: its policy solved {share:.0%} of sampled training "
+                          f"problems (< {SFT_STALLED:.0%}); "
+                          + ("rerunning with another data order[/]" if k + 1 < p.sft_attempts else
+                             "no runs left: RL will have little to reward; try another --seed and a new --out[/]"))
+    return {**res, "dir": attempts[-1]["dir"], "attempts": attempts}
+
+
+def sampled_success(ctx: Context, model_dir: Path, n: int = 64) -> float:
+    """Share of ``n`` training-difficulty problems the policy solves sampling at temperature 1, as RL's rollouts
+    do (seeded; problems ``PROBE_SEED_START ..``, used nowhere else)."""
+    from xinzhou.engine import LLM, SamplingParams
+    from xinzhou.rl.rollout_engine import env_factory, run_episodes
+
+    p = ctx.preset
+    make = env_factory(p.task, tuple(p.train_difficulties))
+    seeds = list(range(PROBE_SEED_START, PROBE_SEED_START + n))
+    trajs = run_episodes(LLM(str(model_dir)), [make() for _ in seeds], seeds, SamplingParams(temperature=1.0),
+                         max_tokens=p.max_tokens, max_turn_tokens=p.max_turn_tokens, sample_seed=p.seed)
+    return sum(t.reward is not None and t.reward >= 1.0 for t in trajs) / n
 
 
 def _evaluate(ctx: Context, model_dir: Path, difficulties: tuple[int, ...], keep: str = "chain") -> dict[str, Any]:
@@ -328,6 +370,8 @@ def _summary(name: str, res: dict[str, Any]) -> str:
         if loss is None:
             return ""
         line = f"eval loss {loss:.3f} (unigram {res['baseline']:.3f})"
+        if len(res.get("attempts", ())) > 1:
+            line += f", run {len(res['attempts'])} of SFT (the earlier ones stalled)"
         if name == "pretrain" and loss > COPY_LOSS_OK:
             line += (f"\n[yellow]warning: the copying circuit did not form (drill loss {loss:.2f} > {COPY_LOSS_OK});"
                      " SFT will not learn to copy digits. It forms abruptly, and for this seed not within"

@@ -80,11 +80,28 @@ def _what_rl_fixed(res: dict[str, Any], p, main: str) -> str:
             f"calculator: {rl['mean_tool_calls']:.2f} calls, {rl['success']:.0%} success.\n")
 
 
+def _sft_restarts(sft: dict) -> str:
+    """A sentence on stalled SFT runs that were redone (pipeline.stage_sft), or nothing."""
+    from xinzhou.demo.pipeline import SFT_STALLED
+
+    runs = sft.get("attempts", [])
+    if len(runs) < 2:
+        return ""
+    shares = ", ".join(f"{a['sampled_success']:.0%} (loss {_num(a['final_eval_loss'])})" for a in runs[:-1])
+    text = (f" The first {len(runs) - 1} SFT run(s) stalled (sampled success on training problems {shares}, below"
+            f" {SFT_STALLED:.0%}) and were redone with another data order; this is run {len(runs)}")
+    last = runs[-1].get("sampled_success")
+    if last is not None and last < SFT_STALLED:
+        return text + f", which stalled too ({last:.0%}): try another `--seed`."
+    return text + ("." if last is None else f" ({last:.0%} sampled success).")
+
+
+
 def write_report(ctx) -> Path:
     out = ctx.out
     res = ctx.results
     pngs = []
-    for src, name in ((out / "sft" / "loss.png", "loss.png"),):
+    for src, name in ((out / res["sft"].get("dir", "sft") / "loss.png", "loss.png"),):
         if src.exists():
             shutil.copyfile(src, out / name)
             pngs.append(name)
@@ -155,7 +172,7 @@ Interleaved-thinking ablation: {verdict}.
   loss {_num(pre['final_eval_loss'])} (unigram baseline {_num(pre['baseline'])}).
 - SFT: {sft['steps']} steps on {p.sft_examples} traces; final held-out loss on assistant tokens
   {sft['final_eval_loss'] if sft['final_eval_loss'] is None else f"{sft['final_eval_loss']:.3f}"}
-  (unigram baseline {sft['baseline'] if sft['baseline'] is None else f"{sft['baseline']:.3f}"}). ![loss](loss.png)
+  (unigram baseline {sft['baseline'] if sft['baseline'] is None else f"{sft['baseline']:.3f}"}).{_sft_restarts(sft)} ![loss](loss.png)
 - RL: CISPO, {rl['steps']} rollout batches of {p.rl_prompts} problems x {p.rl_group} samples,
   {p.rl_minibatches} updates per batch, {rl['seconds_per_step']:.1f} s per batch. ![reward](reward.png)
 
