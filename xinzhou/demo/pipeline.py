@@ -37,7 +37,7 @@ EVAL_SEED_START = 1_000_000  # held-out problems; SFT data uses seeds below 100_
 PROBE_SEED_START = 950_000  # the SFT stall probe's problems (between RL's and the held-out ones)
 # An SFT run can stall (a model that cannot read the problems; which seeds do depends on the CPU's floating-point
 # path, README Demo): sampled at temperature 1 on training problems, as RL's rollouts are, stalled policies solved
-# 0-6% in their first RL batches and working ones 22-62%, including those that skip a call every time greedily.
+# 0% (this probe) and working ones 31-52%, including one that skips a call every time greedily.
 # Below SFT_STALLED, RL has nothing to reward, so SFT reruns with another data order (up to preset.sft_attempts).
 SFT_STALLED = 0.1
 
