@@ -3,8 +3,8 @@
 tokenizer → data (calculator traces that think, call, read, think again, answer, half of them from a demonstrator
 who does the last step in its head, which RL has to unlearn; and copy drills) → a fresh
 hybrid lightning-attention MoE model → pretraining on the copy drills (the copying circuit, see `drills.py`) →
-SFT (rerun with another data order if its policy stalled) → held-out eval → CISPO RL with the real calculator in the rollouts → held-out eval (+ the
-interleaved-thinking ablation) → Hugging Face export → report.
+SFT (rerun with another data order if its policy stalled) → held-out eval → CISPO RL with the real calculator in
+the rollouts → held-out eval (+ the interleaved-thinking ablation) → Hugging Face export → report.
 
 Each finished stage writes ``OUT/stages/<stage>.json`` (its results and wall time) atomically; a rerun skips
 finished stages, and the SFT and RL stages resume from their own checkpoints, so Ctrl-C loses at most the work
