@@ -82,10 +82,9 @@ PRESETS: dict[str, DemoPreset] = {
                                              "head_dim": 16, "rotary_dim": 8, "num_experts": 4,
                                              "moe_intermediate_size": 32},
                         vocab_size=512, pretrain_examples=64, pretrain_steps=2, pretrain_max_steps=2,
-                        pretrain_seq_len=256, sft_examples=48, sft_steps=3, sft_batch=4, sft_seq_len=1024, sft_attempts=1,
-                        rl_steps=1,
-                        rl_prompts=2, rl_group=2, rl_minibatches=1, eval_n=2, eval_difficulties=(1, 2),
-                        max_turn_tokens=16, max_tokens=48),
+                        pretrain_seq_len=256, sft_examples=48, sft_steps=3, sft_batch=4, sft_seq_len=1024,
+                        sft_attempts=1, rl_steps=1, rl_prompts=2, rl_group=2, rl_minibatches=1, eval_n=2,
+                        eval_difficulties=(1, 2), max_turn_tokens=16, max_tokens=48),
 }
 
 

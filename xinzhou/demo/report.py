@@ -172,7 +172,7 @@ Interleaved-thinking ablation: {verdict}.
   loss {_num(pre['final_eval_loss'])} (unigram baseline {_num(pre['baseline'])}).
 - SFT: {sft['steps']} steps on {p.sft_examples} traces; final held-out loss on assistant tokens
   {sft['final_eval_loss'] if sft['final_eval_loss'] is None else f"{sft['final_eval_loss']:.3f}"}
-  (unigram baseline {sft['baseline'] if sft['baseline'] is None else f"{sft['baseline']:.3f}"}).{_sft_restarts(sft)} ![loss](loss.png)
+  (unigram baseline {_num(sft['baseline'])}).{_sft_restarts(sft)} ![loss](loss.png)
 - RL: CISPO, {rl['steps']} rollout batches of {p.rl_prompts} problems x {p.rl_group} samples,
   {p.rl_minibatches} updates per batch, {rl['seconds_per_step']:.1f} s per batch. ![reward](reward.png)
 
