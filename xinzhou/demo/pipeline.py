@@ -245,15 +245,13 @@ def stage_sft(ctx: Context) -> dict[str, Any]:
 def sampled_success(ctx: Context, model_dir: Path, n: int = 64) -> float:
     """Share of ``n`` training-difficulty problems the policy solves sampling at temperature 1, as RL's rollouts
     do (seeded; problems ``PROBE_SEED_START ..``, used nowhere else)."""
-    from xinzhou.engine import LLM, SamplingParams
-    from xinzhou.rl.rollout_engine import env_factory, run_episodes
+    from xinzhou.engine import LLM
+    from xinzhou.rl.evaluate import evaluate
 
     p = ctx.preset
-    make = env_factory(p.task, tuple(p.train_difficulties))
-    seeds = list(range(PROBE_SEED_START, PROBE_SEED_START + n))
-    trajs = run_episodes(LLM(str(model_dir)), [make() for _ in seeds], seeds, SamplingParams(temperature=1.0),
-                         max_tokens=p.max_tokens, max_turn_tokens=p.max_turn_tokens, sample_seed=p.seed)
-    return sum(t.reward is not None and t.reward >= 1.0 for t in trajs) / n
+    return evaluate(LLM(str(model_dir)), p.task, n, tuple(p.train_difficulties), start_seed=PROBE_SEED_START,
+                    max_tokens=p.max_tokens, max_turn_tokens=p.max_turn_tokens, temperature=1.0,
+                    sample_seed=p.seed).success
 
 
 def _evaluate(ctx: Context, model_dir: Path, difficulties: tuple[int, ...], keep: str = "chain") -> dict[str, Any]:

@@ -42,7 +42,8 @@ class DemoPreset:
     # share of SFT traces whose demonstrator does the last step in its head (correctly) instead of calling the
     # calculator (`ArithmeticTask.sft_trace(mental_last=True)`): the model imitates the habit but cannot add
     # 5-digit numbers in its head, so SFT alone fails where it follows it, and RL has a choice to correct
-    # (seeds 0-3: difficulty 2 31/67/2/0% after SFT, 92/95/100/97% after RL; README, Demo)
+    # (seeds 0-3 on an AVX2 machine with the earlier SFT warm-up: difficulty 2 31/67/2/0% after SFT,
+    # 92/95/100/97% after RL; README, Demo)
     mental_last_frac: float = 0.5
     # rows of one whole trace each (traces are 480-600 tokens; pipeline.sft_seq_len raises the row length if one
     # is longer). 1024-token rows x 4 for 640 steps (the same compute) gave d2 78-100% over seeds 0-2, because

@@ -96,7 +96,6 @@ def _sft_restarts(sft: dict) -> str:
     return text + ("." if last is None else f" ({last:.0%} sampled success).")
 
 
-
 def write_report(ctx) -> Path:
     out = ctx.out
     res = ctx.results
@@ -171,7 +170,7 @@ Interleaved-thinking ablation: {verdict}.
   them), which gives the model its copying circuit before SFT (why: `xinzhou/demo/drills.py`); final held-out
   loss {_num(pre['final_eval_loss'])} (unigram baseline {_num(pre['baseline'])}).
 - SFT: {sft['steps']} steps on {p.sft_examples} traces; final held-out loss on assistant tokens
-  {sft['final_eval_loss'] if sft['final_eval_loss'] is None else f"{sft['final_eval_loss']:.3f}"}
+  {_num(sft['final_eval_loss'])}
   (unigram baseline {_num(sft['baseline'])}).{_sft_restarts(sft)} ![loss](loss.png)
 - RL: CISPO, {rl['steps']} rollout batches of {p.rl_prompts} problems x {p.rl_group} samples,
   {p.rl_minibatches} updates per batch, {rl['seconds_per_step']:.1f} s per batch. ![reward](reward.png)

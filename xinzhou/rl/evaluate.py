@@ -79,7 +79,7 @@ def evaluate(
     llm: LLM,
     task: EnvSource = "arithmetic",
     n: int = 64,
-    difficulty: int = 1,
+    difficulty: int | Sequence[int] = 1,
     *,
     keep: str = "chain",
     start_seed: int = 1_000_000,
@@ -89,19 +89,23 @@ def evaluate(
     max_turn_tokens: int = 256,
     success_threshold: float = 1.0,
     tokenizer: Any = None,
+    temperature: float = 0.0,
+    sample_seed: int = 0,
 ) -> EvalResult:
-    """Greedy episodes on problems `start_seed .. start_seed + n - 1` (or `seeds`), all batched on the engine.
+    """Episodes on problems `start_seed .. start_seed + n - 1` (or `seeds`), all batched on the engine: greedy by
+    default, or sampled at `temperature` (seeded by `sample_seed`, as RL's rollouts are).
 
-    `task` is a task name, a `Task`, or a function returning a fresh `Env`. An episode succeeds when its task
-    reward is at least `success_threshold`; `mean_tool_calls` counts the calls the model made.
+    `task` is a task name, a `Task`, or a function returning a fresh `Env`; `difficulty` one or several (mixed as
+    `env_factory` mixes them). An episode succeeds when its task reward is at least `success_threshold`;
+    `mean_tool_calls` counts the calls the model made.
     """
     seeds = list(seeds) if seeds is not None else list(range(start_seed, start_seed + n))
     if not seeds:
         return EvalResult(0, 0, 0.0, 0, 0, 0, 0)
     make = env_factory(task, difficulty, max_turns=max_turns)
-    trajs = run_episodes(llm, [make() for _ in seeds], seeds, SamplingParams(temperature=0.0), keep=keep,
+    trajs = run_episodes(llm, [make() for _ in seeds], seeds, SamplingParams(temperature=temperature), keep=keep,
                          max_turns=max_turns, max_tokens=max_tokens, max_turn_tokens=max_turn_tokens,
-                         tokenizer=tokenizer)
+                         sample_seed=sample_seed, tokenizer=tokenizer)
     rewards = [t.reward for t in trajs]
     return EvalResult(
         n=len(trajs),
